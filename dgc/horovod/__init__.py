@@ -1,0 +1,5 @@
+"""DGC over Horovod: ``import dgc.horovod as dgc_hvd; dgc_hvd.DistributedOptimizer(...)``."""
+from dgc.horovod.communicator import HorovodCommunicator
+from dgc.horovod.optimizer import DistributedOptimizer
+
+__all__ = ["DistributedOptimizer", "HorovodCommunicator"]
