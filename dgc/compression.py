@@ -164,8 +164,8 @@ class DGCCompressor(Compressor):
         value_dtype = self.value_dtype or out.dtype
         value_bytes = ctx.k * _itemsize(value_dtype)
         per_worker = result.view(-1, value_bytes + ctx.k * _itemsize(self.index_dtype))
-        values = per_worker[:, :value_bytes].contiguous().view(value_dtype).reshape(-1)
-        indices = per_worker[:, value_bytes:].contiguous().view(self.index_dtype).reshape(-1)
+        values = per_worker[:, :value_bytes].clone(memory_format=torch.contiguous_format).view(value_dtype).reshape(-1)
+        indices = per_worker[:, value_bytes:].clone(memory_format=torch.contiguous_format).view(self.index_dtype).reshape(-1)
         flat = out.view(-1)
         flat.zero_()
         flat.index_add_(0, indices.long(), values.to(out.dtype), alpha=1.0 / per_worker.shape[0])

@@ -83,7 +83,8 @@ fi
 
 say "installing $(basename "$wheel_dir"/horovod-*.whl)"
 "$PY" -m pip install -q --no-deps --no-index --force-reinstall "$wheel_dir"/horovod-*.whl
-"$VENV/bin/horovodrun" --check-build | grep -q "\[X\] PyTorch" || die "Horovod installed without PyTorch support"
-"$VENV/bin/horovodrun" --check-build | grep -q "\[X\] Gloo" || die "Horovod installed without Gloo support"
+build_info=$("$VENV/bin/horovodrun" --check-build)
+grep -q "\[X\] PyTorch" <<<"$build_info" || die "Horovod installed without PyTorch support"
+grep -q "\[X\] Gloo" <<<"$build_info" || die "Horovod installed without Gloo support"
 echo "$key" > "$VENV/.horovod-build"
-say "done: $("$VENV/bin/horovodrun" --check-build | grep -E '\[X\]' | tr -s ' ' | tr '\n' ' ')"
+say "done: $(grep -E '\[X\]' <<<"$build_info" | tr -s ' ' | tr '\n' ' ')"
