@@ -73,7 +73,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def _start(self, p):
         """Compress and start the exchange of one parameter's gradient."""
         grad = p.grad
-        if p in self._compressed:
+        if p in self._compressed and isinstance(self, DGCSGD):
             weight_decay = self._group_of[p].get("weight_decay", 0)
             if weight_decay:
                 grad.add_(p.detach(), alpha=weight_decay)

@@ -1,0 +1,28 @@
+"""Defaults every run starts from; dataset, model and DGC files override them."""
+import torch
+
+from training.config import Config, configs
+from training.schedule import cosine_with_warmup
+
+configs.seed = 42
+
+configs.data.name = None                # short dataset name used in the run directory name
+configs.data.dataset = None             # Config(builder, ...) returning {"train": ..., "test": ...}
+configs.data.num_workers = 0            # DataLoader worker processes per rank
+configs.data.train_fraction = 1.0       # < 1 trains on a fixed random subset (smoke runs)
+configs.data.test_fraction = 1.0
+
+configs.model = None
+
+configs.train.num_epochs = 1
+configs.train.batch_size = 32           # per worker
+configs.train.backward_passes_per_step = 1
+configs.train.scale_lr_by_workers = True    # lr = optimizer.lr * number of workers (Goyal et al. 2017)
+configs.train.optimizer = Config(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+configs.train.scheduler = Config(cosine_with_warmup, warmup_epochs=0)
+configs.train.compression = None        # None: Horovod's own dense allreduce (the baseline)
+configs.train.compression_warmup_per_step = False   # DGC warm-up ratio updated per step instead of per epoch
+configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs and time to reach it
+configs.train.channels_last = False      # channels_last input batches (faster convolutions on CPU)
+configs.train.num_threads = 0           # torch threads per rank; 0: cores / workers on this host
+configs.train.log_every = 1             # steps between TensorBoard step scalars

@@ -1,0 +1,5 @@
+"""ResNet-32 for CIFAR (He et al. 2016, §4.2)."""
+from models import resnet32
+from training.config import Config, configs
+
+configs.model = Config(resnet32, num_classes=configs.data.dataset.num_classes)

@@ -1,0 +1,5 @@
+"""ResNet-44 for CIFAR (He et al. 2016, §4.2)."""
+from models import resnet44
+from training.config import Config, configs
+
+configs.model = Config(resnet44, num_classes=configs.data.dataset.num_classes)

@@ -1,0 +1,131 @@
+"""train.py end to end through real horovodrun: errors before training, digits DGC vs baseline, CIFAR-10 smoke
+runs, TensorBoard contents, kill -9 and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import HOROVODRUN, ROOT, horovodrun
+
+DIGITS = ["configs/digits/digitsnet.py"]
+DGC_CIFAR = ["configs/dgc/wm5.py", "configs/dgc/fp16.py", "configs/dgc/int32.py"]
+
+
+def train_args(configs, run_dir, *overrides):
+    return ["train.py", "--configs", *configs, *overrides, "--run-dir", run_dir]
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [s.value for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def run_plain(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--configs", *DIGITS, "train.no_such_key=1"], "train.no_such_key"),
+    (["--configs", *DIGITS, "train.num_epochs=many"], "train.num_epochs.*expects a int"),
+    (["--configs", "configs/digits/missing.py"], "missing.py.*does not exist"),
+    (["--configs", "configs/cifar/resnet20.py", "data.dataset.root=/nonexistent/cifar"],
+     "/nonexistent/cifar.*train/<class>"),
+    (["--configs", *DIGITS, "train.batch_size=0"], "train.batch_size.*positive int"),
+])
+def test_bad_input_fails_before_training(args, message, tmp_path):
+    result = run_plain("train.py", *args, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "error" in result.stderr
+    import re
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_digits_dgc_within_one_point_of_baseline(tmp_path):
+    """The embedded default, 2 workers, 30 epochs: DGC at ratio 0.001 (5-epoch warm-up) vs dense."""
+    for name, extra in (("baseline", []), ("dgc", ["configs/dgc/wm5.py"])):
+        horovodrun(2, train_args(DIGITS + extra, tmp_path / name))
+    base = json.loads((tmp_path / "baseline" / "metrics.json").read_text())
+    dgc = json.loads((tmp_path / "dgc" / "metrics.json").read_text())
+    assert base["epochs"] == dgc["epochs"] == 30
+    assert base["final_test_top1"] > 90
+    assert abs(dgc["final_test_top1"] - base["final_test_top1"]) <= 1.0, (dgc["final_test_top1"], base["final_test_top1"])
+    assert base["mean_compression_ratio"] == 1.0
+    assert dgc["history"][-1]["compression_ratio"] < 0.01
+    ratios = scalars(tmp_path / "dgc")["comm/compression_ratio"]
+    assert ratios[0] > 10 * ratios[-1], "warm-up: early steps send far more than late ones"
+
+
+@pytest.mark.parametrize("dgc", [False, True], ids=["baseline", "dgc"])
+def test_cifar10_smoke(dgc, tmp_path):
+    configs = ["configs/cifar/resnet20.py"] + (DGC_CIFAR if dgc else [])
+    run = tmp_path / "run"
+    horovodrun(2, train_args(configs, run, "train.num_epochs=1", "data.train_fraction=0.02",
+                             "data.test_fraction=0.05"))
+    tags = scalars(run)
+    for tag in ("train/loss", "train/lr", "comm/compression_ratio", "comm/density", "comm/bytes_sent",
+                "epoch/train_loss", "epoch/train_top1", "epoch/test_loss", "epoch/test_top1",
+                "epoch/images_per_s", "epoch/time_s", "epoch/cumulative_bytes_sent"):
+        assert tag in tags, tag
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_workers"] == 2 and metrics["model"] == "resnet20" and metrics["epochs"] == 1
+    if dgc:
+        # fp16 values + int32 indices: 6 bytes per value; warm-up epoch 0 keeps 0.001 ** (1/6) of values
+        assert 0.2 < metrics["mean_compression_ratio"] < 0.7
+    else:
+        assert metrics["mean_compression_ratio"] == 1.0 and metrics["bytes_per_step"] == metrics["dense_bytes_per_step"]
+    assert (run / "config.txt").is_file() and (run / "checkpoints" / "checkpoint.pt").is_file()
+    result = run_plain("train.py", "--configs", *configs, "--run-dir", str(run), "--evaluate",
+                       "data.test_fraction=0.05")
+    assert result.returncode == 0, result.stderr
+    assert f"test_top1={metrics['final_test_top1']:.4f}" in result.stdout
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    """kill -9 of the launcher after a checkpoint, same command again: resumes at the next epoch with the
+    saved residuals and ends exactly where an uninterrupted run ends (tolerance: weights within 1e-6,
+    identical test accuracy; the run is deterministic on the CPU)."""
+    args = train_args(DIGITS + ["configs/dgc/wm5.py"], tmp_path / "resumed", "train.num_epochs=10")
+    horovodrun(2, train_args(DIGITS + ["configs/dgc/wm5.py"], tmp_path / "straight", "train.num_epochs=10"))
+    cmd = [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *map(str, args)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "resumed" / "checkpoints" / "rank1.epoch3.pt").exists():
+        assert time.time() < deadline and launcher.poll() is None, "no checkpoint of epoch 3 appeared"
+        time.sleep(0.1)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 3 <= saved < 10
+    result = horovodrun(2, args)
+    assert f"resuming {tmp_path / 'resumed'} at epoch {saved + 1}" in result.stdout
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt", weights_only=False)
+    for name, value in straight["model"].items():
+        assert torch.allclose(value.float(), resumed["model"][name].float(), atol=1e-6), name
+    assert straight["history"][-1]["test_top1"] == resumed["history"][-1]["test_top1"]
+    for rank in (0, 1):
+        a = torch.load(tmp_path / "straight" / "checkpoints" / f"rank{rank}.epoch10.pt", weights_only=False)
+        b = torch.load(tmp_path / "resumed" / "checkpoints" / f"rank{rank}.epoch10.pt", weights_only=False)
+        for key, tensors in a["compression"]["memory"].items():
+            for name, t in tensors.items():
+                assert torch.allclose(t, b["compression"]["memory"][key][name], atol=1e-6), (rank, key, name)
+
+
+def test_checkpoint_of_another_config_is_not_overwritten(tmp_path):
+    horovodrun(2, train_args(DIGITS, tmp_path / "run", "train.num_epochs=1"))
+    before = (tmp_path / "run" / "checkpoints" / "checkpoint.pt").read_bytes()
+    result = horovodrun(2, train_args(DIGITS + ["configs/dgc/wm0.py"], tmp_path / "run", "train.num_epochs=1"),
+                        check=False)
+    assert result.returncode != 0 and "different config" in result.stderr + result.stdout
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint.pt").read_bytes() == before

@@ -1,0 +1,274 @@
+"""Config-driven distributed trainer: baseline (Horovod's DistributedOptimizer) or DGC from the same command.
+
+    horovodrun -np 2 -H localhost:2 --gloo python train.py --configs configs/cifar/resnet20.py \
+        configs/dgc/wm5.py configs/dgc/fp16.py configs/dgc/int32.py [train.num_epochs=5 ...]
+    python train.py --configs ... --evaluate            # evaluate the run's checkpoint
+
+Config files compose in order; ``key=value`` items among them override keys after all files ran. The run
+directory (``runs/<dataset>.<model>[.<extra configs>].np<N>`` unless --run-dir) holds config.txt,
+TensorBoard events, metrics.json and checkpoints; a run directory with a checkpoint resumes from it.
+"""
+import argparse
+import math
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", required=True, metavar="FILE_OR_KEY=VALUE",
+                        help="config files in order, then key=value overrides (e.g. train.num_epochs=5)")
+    parser.add_argument("--run-dir", help="run directory (default: runs/<derived name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="require a checkpoint in the run directory (resuming is automatic anyway)")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the run's checkpoint, do not train")
+    parser.add_argument("--checkpoint", help="with --evaluate: this checkpoint file instead of the run's")
+    args = parser.parse_args(argv)
+    args.overrides = [c for c in args.configs if "=" in c]
+    args.config_files = [c for c in args.configs if "=" not in c]
+    if not args.config_files:
+        parser.error("--configs needs at least one config file")
+    return args
+
+
+def run_name(cfg, config_files, world_size):
+    """<dataset>.<model>[.<extra configs>].np<N>, e.g. cifar10.resnet20.dgc-wm5+dgc-fp16.np2."""
+    extras = []
+    for path in config_files[1:]:
+        rel = pathlib.Path(path).resolve().relative_to(ROOT / "configs").with_suffix("")
+        extras.append("-".join(rel.parts))
+    model = cfg.model.target.__name__ if cfg.model.target else "model"
+    return ".".join([cfg.data.name, model] + (["+".join(extras)] if extras else []) + [f"np{world_size}"])
+
+
+def build_optimizer(cfg, model, hvd, world_size):
+    """The configured optimizer, wrapped: Horovod's own for the baseline, dgc.horovod's with compression."""
+    import dgc.horovod as dgc_hvd
+    from dgc.memory import DGCSGDMemory
+
+    scale = world_size if cfg.train.scale_lr_by_workers else 1
+    optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+    if cfg.train.compression is None:
+        return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                        compression=hvd.Compression.none,
+                                        backward_passes_per_step=cfg.train.backward_passes_per_step), None
+    memory_cfg = cfg.train.compression.get("memory")
+    extra = {}
+    if memory_cfg is not None and isinstance(memory_cfg.target, type) and issubclass(memory_cfg.target, DGCSGDMemory):
+        # Momentum correction uses the optimizer's own momentum and Nesterov setting.
+        extra["memory"] = memory_cfg(momentum=cfg.train.optimizer.get("momentum", 0.0),
+                                     nesterov=cfg.train.optimizer.get("nesterov", False))
+    compression = cfg.train.compression(**extra)
+    return dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                        compression=compression,
+                                        backward_passes_per_step=cfg.train.backward_passes_per_step), compression
+
+
+def evaluate(model, loader, hvd, channels_last, name):
+    """Loss, top-1 and top-5 (percent) over the whole test set (each rank holds a disjoint shard)."""
+    import torch
+    from training.runlog import sum_over_workers, topk_correct
+
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct1 = correct5 = torch.zeros(())
+    count = 0
+    with torch.no_grad():
+        for x, y in loader:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            loss_sum += torch.nn.functional.cross_entropy(out, y, reduction="sum").double()
+            c1, c5 = topk_correct(out, y, (1, 5))
+            correct1, correct5 = correct1 + c1, correct5 + c5
+            count += len(y)
+    loss_sum, correct1, correct5, count = sum_over_workers(hvd, [loss_sum, correct1, correct5, count], name)
+    return {"test_loss": loss_sum / count, "test_top1": 100 * correct1 / count, "test_top5": 100 * correct5 / count}
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from training.config import ConfigError, load_configs
+    from training.data import DatasetMissing
+    try:
+        cfg = load_configs(args.config_files, args.overrides, root=ROOT / "configs")
+        check_config(cfg)
+        import torch
+        from training import data as data_lib
+        dataset = cfg.data.dataset()
+        dataset["train"] = data_lib.subset(dataset["train"], cfg.data.train_fraction)
+        dataset["test"] = data_lib.subset(dataset["test"], cfg.data.test_fraction)
+    except (ConfigError, DatasetMissing) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    return train(args, cfg, dataset)
+
+
+def check_config(cfg):
+    """Fail before training on a missing section or a non-positive count."""
+    from training.config import ConfigError
+    required = {"data.name": cfg.data.get("name"), "data.dataset": cfg.data.get("dataset"),
+                "model": cfg.get("model"), "train.optimizer": cfg.train.get("optimizer"),
+                "train.scheduler": cfg.train.get("scheduler")}
+    for key, value in required.items():
+        if value is None or (hasattr(value, "target") and value.target is None):
+            raise ConfigError(f"config key {key!r} is not set; the config files must define it "
+                              "(start from a dataset+model file such as configs/cifar/resnet20.py)")
+    for key in ("num_epochs", "batch_size", "backward_passes_per_step", "log_every"):
+        value = cfg.train[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"config key 'train.{key}' must be a positive int, got {value!r}")
+
+
+def train(args, cfg, dataset):
+    import horovod.torch as hvd
+    import torch
+    from tqdm import tqdm
+
+    from training import checkpoint as ckpt
+    from training import data as data_lib
+    from training.runlog import RunLog, sum_over_workers
+
+    hvd.init()
+    rank, world = hvd.rank(), hvd.size()
+    torch.set_num_threads(cfg.train.num_threads or max(1, torch.get_num_threads() // hvd.local_size()))
+    torch.manual_seed(cfg.seed)
+    run_dir = pathlib.Path(args.run_dir or ROOT / "runs" / run_name(cfg, args.config_files, world))
+    ckpt_dir = run_dir / "checkpoints"
+    main_ckpt = pathlib.Path(args.checkpoint) if args.checkpoint else ckpt_dir / "checkpoint.pt"
+    description = cfg.describe()
+
+    model = cfg.model()
+    # Inputs only: channels_last parameters would give non-contiguous gradients, which Horovod refuses.
+    channels_last = cfg.train.channels_last
+    train_loader, sampler, test_loader = data_lib.loaders(dataset, cfg.train.batch_size, rank, world,
+                                                          cfg.data.num_workers, cfg.seed)
+    optimizer, compression = build_optimizer(cfg, model, hvd, world)
+    steps_per_epoch = len(train_loader) // cfg.train.backward_passes_per_step
+    scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
+
+    if args.evaluate:
+        if not main_ckpt.is_file():
+            if rank == 0:
+                print(f"train.py: error: --evaluate: no checkpoint at {main_ckpt}", file=sys.stderr)
+            return 2
+        model.load_state_dict(ckpt.load(main_ckpt)["model"])
+        result = evaluate(model, test_loader, hvd, channels_last, "eval")
+        if rank == 0:
+            print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        return 0
+
+    start_epoch, history = 0, []
+    if main_ckpt.is_file():
+        state = ckpt.load(main_ckpt)
+        if _without_epochs(state["config"]) != _without_epochs(description):
+            if rank == 0:
+                print(f"train.py: error: {run_dir} holds a checkpoint of a different config; pass --run-dir "
+                      "to start a new run there (nothing was changed)", file=sys.stderr)
+            return 2
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+        rank_state = ckpt.load(ckpt.rank_file(ckpt_dir, rank, start_epoch))
+        if compression is not None:
+            compression.load_state_dict(rank_state["compression"])
+        ckpt.set_rng_state(rank_state["rng"])
+        if rank == 0:
+            print(f"resuming {run_dir} at epoch {start_epoch + 1}", flush=True)
+    elif args.resume:
+        if rank == 0:
+            print(f"train.py: error: --resume: no checkpoint at {main_ckpt}", file=sys.stderr)
+        return 2
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    if start_epoch:
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.txt").write_text(f"# {' '.join(sys.argv)}\n{description}\n")
+    dense_bytes = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    dense_exchange = {"bytes_sent": dense_bytes, "dense_bytes": dense_bytes, "compression_ratio": 1.0, "density": 1.0}
+    info = {"run": run_dir.name, "dataset": cfg.data.name, "model": cfg.model.target.__name__, "num_workers": world,
+            "compression": "none" if compression is None else type(compression).__name__,
+            "dense_bytes_per_step": dense_bytes}
+    log = RunLog(run_dir, info, cfg.train.target_accuracy, history, enabled=rank == 0)
+
+    for epoch in range(start_epoch, cfg.train.num_epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros(())
+        seen = steps = bytes_sent = 0
+        ratio_sum = 0.0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=rank != 0 or None,
+                   leave=False, dynamic_ncols=True)
+        for i, (x, y) in enumerate(bar):
+            if compression is not None and hasattr(compression, "warmup_compress_ratio"):
+                progress = epoch + i / len(train_loader) if cfg.train.compression_warmup_per_step else epoch
+                compression.warmup_compress_ratio(progress)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out, y)
+            (loss / cfg.train.backward_passes_per_step).backward()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            if (i + 1) % cfg.train.backward_passes_per_step:
+                continue
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            exchange = optimizer.last_exchange if compression is not None else dense_exchange
+            steps += 1
+            bytes_sent += exchange["bytes_sent"]
+            ratio_sum += exchange["compression_ratio"]
+            global_step = epoch * steps_per_epoch + steps
+            if rank == 0 and global_step % cfg.train.log_every == 0:
+                log.step(global_step, loss.item(), optimizer.param_groups[0]["lr"], exchange)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
+                                ratio=f"{exchange['compression_ratio']:.4f}", refresh=False)
+        bar.close()
+        train_loss, train_correct, train_seen = sum_over_workers(hvd, [loss_sum, correct, seen], f"train.{epoch}")
+        train_time = time.perf_counter() - started
+        result = evaluate(model, test_loader, hvd, channels_last, f"eval.{epoch}")
+        record = {"epoch": epoch + 1, "train_loss": train_loss / train_seen, "train_top1": 100 * train_correct / train_seen,
+                  **result, "epoch_time_s": time.perf_counter() - started, "images_per_s": train_seen / train_time,
+                  "steps": steps, "bytes_sent": bytes_sent, "compression_ratio": ratio_sum / max(steps, 1),
+                  "lr": optimizer.param_groups[0]["lr"]}
+        log.epoch(record)
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{cfg.train.num_epochs} train_loss={record['train_loss']:.4f} "
+                  f"train_top1={record['train_top1']:.2f} test_loss={record['test_loss']:.4f} "
+                  f"test_top1={record['test_top1']:.2f} ratio={record['compression_ratio']:.5f} "
+                  f"time={record['epoch_time_s']:.1f}s", flush=True)
+        ckpt.save_rank_state(ckpt_dir, rank, epoch + 1, compression.state_dict() if compression is not None else {})
+        hvd.barrier()
+        if rank == 0:
+            ckpt.atomic_save({"epoch": epoch + 1, "config": description, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                              "history": log.history}, main_ckpt)
+        hvd.barrier()
+        ckpt.prune_rank_files(ckpt_dir, rank, epoch + 1)
+    log.close()
+    if rank == 0 and log.history:
+        summary = log.summary()
+        log.write_metrics()
+        print(f"done: best_test_top1={summary['best_test_top1']:.2f} final_test_top1={summary['final_test_top1']:.2f} "
+              f"mean_compression_ratio={summary['mean_compression_ratio']:.5f} run_dir={run_dir}", flush=True)
+    return 0
+
+
+def _without_epochs(description):
+    """The config text minus train.num_epochs: a run may be extended by raising the epoch count."""
+    return "\n".join(line for line in description.splitlines() if not line.strip().startswith("num_epochs:"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The trainer's parts: config composition, datasets, schedules, checkpoints, run logging."""
