@@ -111,6 +111,7 @@ class DGCCompressor(Compressor):
         self.min_sample_topk = int(min_sample_topk)
         self.world_size = 1
         self._compressed = set()
+        self._scan = _Scanner()
 
     def initialize(self, named_parameters, world_size):
         """Choose the compressed tensors: at least 2-d (not biases / BatchNorm) and large enough."""
@@ -184,7 +185,7 @@ class DGCCompressor(Compressor):
                                            math.ceil(sample.numel() * k / numel * self.compress_upper_bound)))
         threshold = sample.abs().topk(sample_k, sorted=False).values.min()
         for _ in range(self.max_adaptation_iters + 1):
-            candidates = _indices_at_least(x, threshold)
+            candidates = self._scan(x, threshold)
             if candidates.numel() >= k:
                 break
             threshold = threshold * self.compress_lower_bound
@@ -215,19 +216,36 @@ class DGCCompressor(Compressor):
 _SCAN_CHUNK = 1 << 16
 
 
-def _indices_at_least(x, threshold):
-    """Flat indices where |x| >= threshold, in one pass over x: on the CPU |x| is formed chunk by chunk in
-    a cache-sized buffer instead of as a full-size copy."""
-    if x.device.type != "cpu" or x.numel() <= _SCAN_CHUNK:
-        return torch.nonzero(x.abs() >= threshold).view(-1)
-    mask = torch.empty(x.numel(), dtype=torch.bool)
-    buffer = torch.empty(_SCAN_CHUNK, dtype=x.dtype)
-    for start in range(0, x.numel(), _SCAN_CHUNK):
-        chunk = x[start:start + _SCAN_CHUNK]
-        part = buffer[:chunk.numel()]
-        torch.abs(chunk, out=part)
-        torch.ge(part, threshold, out=mask[start:start + chunk.numel()])
-    return torch.nonzero(mask).view(-1)
+class _Scanner:
+    """Flat indices where |x| >= threshold in one pass over x and no full-size temporaries.
+
+    On the CPU, |x| is formed chunk by chunk in a cache-sized buffer and compared into a reused boolean
+    mask; the mask is then read as 64-bit words, so ``nonzero`` scans an eighth of the elements and only
+    the few non-zero words are expanded to element indices. Elsewhere (GPU) plain torch ops are fast.
+    Buffers are reused across calls (compression runs tensor by tensor, never concurrently)."""
+
+    def __init__(self):
+        self.mask = self.chunk = None
+
+    def __call__(self, x, threshold):
+        numel = x.numel()
+        if x.device.type != "cpu" or numel <= _SCAN_CHUNK:
+            return torch.nonzero(x.abs() >= threshold).view(-1)
+        padded = -(-numel // 8) * 8
+        if self.mask is None or self.mask.numel() < padded:
+            self.mask = torch.empty(padded, dtype=torch.bool)
+        if self.chunk is None or self.chunk.dtype != x.dtype:
+            self.chunk = torch.empty(_SCAN_CHUNK, dtype=x.dtype)
+        mask = self.mask[:padded]
+        mask[numel:] = False
+        for start in range(0, numel, _SCAN_CHUNK):
+            part = x[start:start + _SCAN_CHUNK]
+            magnitude = self.chunk[:part.numel()]
+            torch.abs(part, out=magnitude)
+            torch.ge(magnitude, threshold, out=mask[start:start + part.numel()])
+        words = torch.nonzero(mask.view(torch.int64)).view(-1)
+        candidates = (words.unsqueeze(1) * 8 + torch.arange(8)).view(-1)
+        return candidates[mask[candidates]]
 
 
 def _itemsize(dtype):

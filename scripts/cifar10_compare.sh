@@ -20,7 +20,7 @@ run() {  # name, config files...
   local name=$1; shift
   .venv/bin/horovodrun -np "$NP" -H "localhost:$NP" --gloo $PY train.py \
     --configs configs/cifar/resnet20.py "$@" "train.num_epochs=$EPOCHS" ${EXTRA:-} --run-dir "$OUT/$name" \
-    > "$OUT/$name.log" 2>&1
+    >> "$OUT/$name.log" 2>&1
 }
 if [ -n "${PARALLEL:-}" ]; then
   run baseline & b=$!
