@@ -27,8 +27,12 @@ def parse_args(argv):
                         help="require a checkpoint in the run directory (resuming is automatic anyway)")
     parser.add_argument("--evaluate", action="store_true", help="evaluate the run's checkpoint, do not train")
     parser.add_argument("--checkpoint", help="with --evaluate: this checkpoint file instead of the run's")
+    parser.add_argument("more_overrides", nargs="*", metavar="KEY=VALUE", help="more config overrides")
     args = parser.parse_args(argv)
-    args.overrides = [c for c in args.configs if "=" in c]
+    bad = [item for item in args.more_overrides if "=" not in item]
+    if bad:
+        parser.error(f"{bad[0]!r} is not a key=value override (config files go after --configs)")
+    args.overrides = [c for c in args.configs if "=" in c] + args.more_overrides
     args.config_files = [c for c in args.configs if "=" not in c]
     if not args.config_files:
         parser.error("--configs needs at least one config file")

@@ -28,8 +28,7 @@ class Compressor:
     """No compression: the gradient goes dense through an averaging allreduce."""
 
     def initialize(self, named_parameters, world_size):
-        """Called once by the distributed optimizer with the parameters it will exchange."""
-        self.world_size = world_size
+        """Called once by the distributed optimizer with the (name, parameter) pairs it will exchange."""
 
     def is_compressed(self, name):
         return False
@@ -109,13 +108,11 @@ class DGCCompressor(Compressor):
         self.warmup_coeff = warmup_coeff
         self.min_compress_numel = int(min_compress_numel)
         self.min_sample_topk = int(min_sample_topk)
-        self.world_size = 1
         self._compressed = set()
         self._scan = _Scanner()
 
     def initialize(self, named_parameters, world_size):
         """Choose the compressed tensors: at least 2-d (not biases / BatchNorm) and large enough."""
-        self.world_size = world_size
         self._compressed = {name for name, p in named_parameters
                             if p.dim() > 1 and p.numel() >= self.min_compress_numel}
         too_big = [name for name, p in named_parameters
