@@ -4,7 +4,7 @@ from training.data import digits
 
 configs.data.name = "digits"
 configs.data.dataset = Config(digits, test_fraction=0.2, seed=0)
-configs.train.num_epochs = 30
+configs.train.num_epochs = 40
 configs.train.batch_size = 32
 configs.train.optimizer.lr = 0.05
 configs.train.optimizer.weight_decay = 5e-4
