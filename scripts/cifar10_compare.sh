@@ -5,7 +5,8 @@
 #                                                       the cosine schedule; OUT default runs/cifar10-compare-e<EPOCHS>
 #   PARALLEL=1  runs baseline and DGC at the same time (each gets half the cores); default: one after the other.
 #   NP=2, EXTRA="data.train_fraction=0.1 ..." for more workers or extra overrides.
-# A run directory with a checkpoint resumes, so the same command continues an interrupted comparison.
+# A run directory with a checkpoint resumes, so the same command continues an interrupted comparison;
+# each run's log (OUT/<run>.log) is appended to, never overwritten.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
