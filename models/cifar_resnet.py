@@ -11,6 +11,8 @@ dimension, which keeps ResNet-20 at the paper's 0.27M parameters.
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .init import kaiming_init
+
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
 
@@ -66,12 +68,7 @@ class CifarResNet(nn.Module):
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))

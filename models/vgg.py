@@ -8,6 +8,8 @@ fully-connected layers of the ImageNet model.
 
 import torch.nn as nn
 
+from .init import kaiming_init
+
 __all__ = ["VGG", "vgg16"]
 
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -28,12 +30,7 @@ class VGG(nn.Module):
                 in_channels = v
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))
