@@ -14,7 +14,8 @@ class HorovodCommunicator:
 
     def start(self, payload, name):
         if payload.collective == "allreduce":
-            return hvd.allreduce_async_(payload.tensor, name=f"dgc.allreduce.{name}", op=hvd.Average, process_set=self.process_set)
+            return hvd.allreduce_async_(payload.tensor, name=f"dgc.allreduce.{name}", op=hvd.Average,
+                                        process_set=self.process_set)
         if payload.collective == "allgather":
             return hvd.allgather_async(payload.tensor, name=f"dgc.allgather.{name}", process_set=self.process_set)
         raise ValueError(f"HorovodCommunicator: unknown collective {payload.collective!r} for {name!r}; "
