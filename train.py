@@ -9,7 +9,7 @@ directory (``runs/<dataset>.<model>[.<extra configs>].np<N>`` unless --run-dir) 
 TensorBoard events, metrics.json and checkpoints; a run directory with a checkpoint resumes from it.
 """
 import argparse
-import math
+import itertools
 import pathlib
 import sys
 import time
@@ -49,27 +49,40 @@ def run_name(cfg, config_files, world_size):
     return ".".join([cfg.data.name, model] + (["+".join(extras)] if extras else []) + [f"np{world_size}"])
 
 
-def build_optimizer(cfg, model, hvd, world_size):
-    """The configured optimizer, wrapped: Horovod's own for the baseline, dgc.horovod's with compression."""
+def build_optimizer(cfg, model, world_size, communicator=None):
+    """The configured optimizer, distributed: Horovod's own DistributedOptimizer for the baseline
+    (``train.compression`` None), dgc.horovod's with the configured compressor and memory otherwise. Returns
+    it with its exchange statistics (``set_epoch``, ``last_exchange``, ``state_dict``)."""
+    import horovod.torch as hvd
+
     import dgc.horovod as dgc_hvd
-    from dgc.memory import DGCSGDMemory
 
     scale = world_size if cfg.train.scale_lr_by_workers else 1
     optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+    passes = cfg.train.backward_passes_per_step
     if cfg.train.compression is None:
-        return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                        compression=hvd.Compression.none,
-                                        backward_passes_per_step=cfg.train.backward_passes_per_step), None
-    memory_cfg = cfg.train.compression.get("memory")
-    extra = {}
-    if memory_cfg is not None and isinstance(memory_cfg.target, type) and issubclass(memory_cfg.target, DGCSGDMemory):
-        # Momentum correction uses the optimizer's own momentum and Nesterov setting.
-        extra["memory"] = memory_cfg(momentum=cfg.train.optimizer.get("momentum", 0.0),
-                                     nesterov=cfg.train.optimizer.get("nesterov", False))
-    compression = cfg.train.compression(**extra)
-    return dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                        compression=compression,
-                                        backward_passes_per_step=cfg.train.backward_passes_per_step), compression
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                             compression=hvd.Compression.none, backward_passes_per_step=passes)
+        return optimizer, dgc_hvd.DenseStats(model.named_parameters())
+    memory = cfg.train.memory() if cfg.train.memory is not None else None
+    optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                             compression=cfg.train.compression(), memory=memory,
+                                             backward_passes_per_step=passes, communicator=communicator)
+    return optimizer, optimizer.exchange
+
+
+def check_training_setup(cfg):
+    """Build the model and the distributed optimizer once on one in-process worker, so that a bad compressor,
+    memory or optimizer argument stops every rank with a message before Horovod starts or anything trains."""
+    from dgc.inprocess import InProcessGroup
+    from training.config import ConfigError
+
+    if cfg.train.compression is None:
+        return
+    try:
+        build_optimizer(cfg, cfg.model(), 1, InProcessGroup(1).communicator(0))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"train.compression / train.memory / train.optimizer: {error}") from None
 
 
 def evaluate(model, loader, hvd, channels_last, name):
@@ -101,6 +114,7 @@ def main(argv=None):
     try:
         cfg = load_configs(args.config_files, args.overrides, root=ROOT / "configs")
         check_config(cfg)
+        check_training_setup(cfg)
         import torch
         from training import data as data_lib
         dataset = cfg.data.dataset()
@@ -147,12 +161,19 @@ def train(args, cfg, dataset):
     description = cfg.describe()
 
     model = cfg.model()
+    data_lib.seed_rank(cfg.seed, rank)
     # Inputs only: channels_last parameters would give non-contiguous gradients, which Horovod refuses.
     channels_last = cfg.train.channels_last
     train_loader, sampler, test_loader = data_lib.loaders(dataset, cfg.train.batch_size, rank, world,
                                                           cfg.data.num_workers, cfg.seed)
-    optimizer, compression = build_optimizer(cfg, model, hvd, world)
-    steps_per_epoch = len(train_loader) // cfg.train.backward_passes_per_step
+    passes = cfg.train.backward_passes_per_step
+    steps_per_epoch = len(train_loader) // passes
+    if steps_per_epoch == 0:
+        if rank == 0:
+            print(f"train.py: error: train.backward_passes_per_step={passes} exceeds the {len(train_loader)} "
+                  "batches per worker and epoch; lower it or train on more data", file=sys.stderr)
+        return 2
+    optimizer, exchange = build_optimizer(cfg, model, world)
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
 
     if args.evaluate:
@@ -166,28 +187,19 @@ def train(args, cfg, dataset):
             print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
         return 0
 
-    start_epoch, history = 0, []
-    if main_ckpt.is_file():
-        state = ckpt.load(main_ckpt)
-        if _without_epochs(state["config"]) != _without_epochs(description):
-            if rank == 0:
-                print(f"train.py: error: {run_dir} holds a checkpoint of a different config; pass --run-dir "
-                      "to start a new run there (nothing was changed)", file=sys.stderr)
-            return 2
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
-        rank_state = ckpt.load(ckpt.rank_file(ckpt_dir, rank, start_epoch))
-        if compression is not None:
-            compression.load_state_dict(rank_state["compression"])
-        ckpt.set_rng_state(rank_state["rng"])
+    try:
+        start_epoch, history = ckpt.resume(main_ckpt, ckpt_dir, rank, description, model, optimizer, scheduler,
+                                           exchange)
+    except ckpt.ResumeError as error:
         if rank == 0:
-            print(f"resuming {run_dir} at epoch {start_epoch + 1}", flush=True)
-    elif args.resume:
+            print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    if start_epoch == 0 and args.resume:
         if rank == 0:
             print(f"train.py: error: --resume: no checkpoint at {main_ckpt}", file=sys.stderr)
         return 2
+    if start_epoch and rank == 0:
+        print(f"resuming {run_dir} at epoch {start_epoch + 1}", flush=True)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     if start_epoch:
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
@@ -195,11 +207,9 @@ def train(args, cfg, dataset):
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.txt").write_text(f"# {' '.join(sys.argv)}\n{description}\n")
-    dense_bytes = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
-    dense_exchange = {"bytes_sent": dense_bytes, "dense_bytes": dense_bytes, "compression_ratio": 1.0, "density": 1.0}
     info = {"run": run_dir.name, "dataset": cfg.data.name, "model": cfg.model.target.__name__, "num_workers": world,
-            "compression": "none" if compression is None else type(compression).__name__,
-            "dense_bytes_per_step": dense_bytes}
+            "compression": "none" if cfg.train.compression is None else cfg.train.compression.target.__name__,
+            "dense_bytes_per_step": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)}
     log = RunLog(run_dir, info, cfg.train.target_accuracy, history, enabled=rank == 0)
 
     for epoch in range(start_epoch, cfg.train.num_epochs):
@@ -210,34 +220,34 @@ def train(args, cfg, dataset):
         correct = torch.zeros(())
         seen = steps = bytes_sent = 0
         ratio_sum = 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=rank != 0 or None,
-                   leave=False, dynamic_ncols=True)
+        # Whole steps only: the passes of a last, incomplete step are dropped, never carried into the next epoch.
+        batches = itertools.islice(train_loader, steps_per_epoch * passes)
+        bar = tqdm(batches, total=steps_per_epoch * passes, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}",
+                   disable=rank != 0 or None, leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
-            if compression is not None and hasattr(compression, "warmup_compress_ratio"):
-                progress = epoch + i / len(train_loader) if cfg.train.compression_warmup_per_step else epoch
-                compression.warmup_compress_ratio(progress)
+            exchange.set_epoch(epoch + i / len(train_loader) if cfg.train.compression_warmup_per_step else epoch)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
             loss = torch.nn.functional.cross_entropy(out, y)
-            (loss / cfg.train.backward_passes_per_step).backward()
+            (loss / passes).backward()
             loss_sum += loss.detach().double() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-            if (i + 1) % cfg.train.backward_passes_per_step:
+            if (i + 1) % passes:
                 continue
             optimizer.step()
             optimizer.zero_grad()
             scheduler.step()
-            exchange = optimizer.last_exchange if compression is not None else dense_exchange
+            stats = exchange.last_exchange
             steps += 1
-            bytes_sent += exchange["bytes_sent"]
-            ratio_sum += exchange["compression_ratio"]
+            bytes_sent += stats["bytes_sent"]
+            ratio_sum += stats["compression_ratio"]
             global_step = epoch * steps_per_epoch + steps
             if rank == 0 and global_step % cfg.train.log_every == 0:
-                log.step(global_step, loss.item(), optimizer.param_groups[0]["lr"], exchange)
+                log.step(global_step, loss.item(), optimizer.param_groups[0]["lr"], stats)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
-                                ratio=f"{exchange['compression_ratio']:.4f}", refresh=False)
+                                ratio=f"{stats['compression_ratio']:.4f}", refresh=False)
         bar.close()
         train_loss, train_correct, train_seen = sum_over_workers(hvd, [loss_sum, correct, seen], f"train.{epoch}")
         train_time = time.perf_counter() - started
@@ -252,14 +262,8 @@ def train(args, cfg, dataset):
                   f"train_top1={record['train_top1']:.2f} test_loss={record['test_loss']:.4f} "
                   f"test_top1={record['test_top1']:.2f} ratio={record['compression_ratio']:.5f} "
                   f"time={record['epoch_time_s']:.1f}s", flush=True)
-        ckpt.save_rank_state(ckpt_dir, rank, epoch + 1, compression.state_dict() if compression is not None else {})
-        hvd.barrier()
-        if rank == 0:
-            ckpt.atomic_save({"epoch": epoch + 1, "config": description, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "history": log.history}, main_ckpt)
-        hvd.barrier()
-        ckpt.prune_rank_files(ckpt_dir, rank, epoch + 1)
+        ckpt.save(main_ckpt, ckpt_dir, rank, epoch + 1, description, model, optimizer, scheduler, exchange,
+                  log.history, barrier=hvd.barrier)
     log.close()
     if rank == 0 and log.history:
         summary = log.summary()
@@ -267,11 +271,6 @@ def train(args, cfg, dataset):
         print(f"done: best_test_top1={summary['best_test_top1']:.2f} final_test_top1={summary['final_test_top1']:.2f} "
               f"mean_compression_ratio={summary['mean_compression_ratio']:.5f} run_dir={run_dir}", flush=True)
     return 0
-
-
-def _without_epochs(description):
-    """The config text minus train.num_epochs: a run may be extended by raising the epoch count."""
-    return "\n".join(line for line in description.splitlines() if not line.strip().startswith("num_epochs:"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ configs.train.backward_passes_per_step = 1
 configs.train.scale_lr_by_workers = True    # lr = optimizer.lr * number of workers (Goyal et al. 2017)
 configs.train.optimizer = Config(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
 configs.train.scheduler = Config(cosine_with_warmup, warmup_epochs=0)
-configs.train.compression = None        # None: Horovod's own dense allreduce (the baseline)
+configs.train.compression = None        # None: Horovod's own dense allreduce (the baseline); else a compressor
+configs.train.memory = None             # what a compressor does not send (None: dropped; configs/dgc: DGCSGDMemory)
 configs.train.compression_warmup_per_step = False   # DGC warm-up ratio updated per step instead of per epoch
 configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs and time to reach it
 configs.train.channels_last = False      # channels_last input batches (faster convolutions on CPU)

@@ -1,7 +1,8 @@
-"""Deep Gradient Compression (Lin et al., ICLR 2018) for PyTorch + Horovod.
+"""Deep Gradient Compression (Lin et al., ICLR 2018) and its relatives for PyTorch + Horovod.
 
-dgc.compression  compressors (the math: selection, encoding, warm-up)
-dgc.memory       residual / momentum-correction memories
-dgc.optim        DGCSGD, the optimizer that pairs with DGCSGDMemory
-dgc.communication, dgc.horovod  the exchange (Horovod communicator and DistributedOptimizer)
+dgc.compressors  one compressor per file (the math: selection, encoding, warm-up); dgc.compression re-exports
+dgc.memory       residual / momentum-correction memories (what is not sent)
+dgc.exchange     the per-tensor pipeline every backend shares
+dgc.communication, dgc.horovod, dgc.inprocess  how payloads travel (Horovod, or N workers in one process)
+dgc.optim        the plain step for momentum-corrected tensors, DGCSGD
 """

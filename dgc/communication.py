@@ -1,12 +1,13 @@
-"""The exchange interface between compressors and a collective library.
+"""The interface between the exchange and a collective library.
 
-A communicator starts the collective a :class:`dgc.compression.Payload` names and later returns its
-result; the optimizer glue never needs to know which library (Horovod, an in-process simulator, a
-hierarchical intra-/inter-host exchange) runs it.
+A communicator starts the collective a :class:`dgc.compressors.Payload` names and later returns its
+result; the exchange (:mod:`dgc.exchange`) never needs to know which library runs it: Horovod
+(:class:`dgc.horovod.HorovodCommunicator`) or N logical workers in one process
+(:class:`dgc.inprocess.InProcessGroup`).
 """
 from typing import Any, Protocol
 
-from dgc.compression import Payload
+from dgc.compressors.base import Payload
 
 
 class Communicator(Protocol):
@@ -15,7 +16,7 @@ class Communicator(Protocol):
 
     def start(self, payload: Payload, name: str) -> Any:
         """Begin the payload's collective ("allreduce": average in place; "allgather": concatenate along
-        dim 0) under a name identical on every worker; return a handle."""
+        dim 0, in rank order) under a name identical on every worker; return a handle."""
 
     def wait(self, handle: Any):
         """Finish the collective and return its result tensor."""

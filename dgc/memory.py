@@ -1,14 +1,22 @@
 """Memories: what a worker keeps of the gradient values it did not send (the residual).
 
-Protocol, per compressed tensor ``name``: ``compensate(grad)`` folds the new gradient into the memory and
-returns the tensor to select from; after selection ``update(name, indices)`` removes what was sent.
-So after every step, for every tensor, sent values + residual == everything accumulated.
+Protocol, per compressed tensor ``name`` (flat tensors): ``compensate(grad, name)`` folds the new gradient
+into the memory and returns the tensor to compress, which is the residual buffer itself; once the compressor
+says what was sent, ``update(name, sent)`` keeps ``residual = compensated - sent``: a sparse fast path for
+:class:`~dgc.compressors.Sparse` (subtract at the sent indices: zero, or the encoding's rounding error) and
+a dense subtraction for quantizers. So after every step, sent + residual == everything accumulated.
 """
 import torch
 
+from dgc.compressors.base import Sparse
+
 
 class Memory:
-    """No memory: unsent values are dropped (plain top-k sparsification)."""
+    """No memory: unsent values are dropped (plain compression without error feedback)."""
+
+    applies_momentum = False
+    """True when compensate() applies SGD momentum itself (momentum correction); the exchange then folds
+    weight decay into the gradient first and the optimizer takes a plain step for those tensors."""
 
     def initialize(self, world_size):
         """Called once with the number of workers (the clipping threshold depends on it)."""
@@ -17,7 +25,7 @@ class Memory:
     def compensate(self, grad, name):
         return grad
 
-    def update(self, name, indices):
+    def update(self, name, sent):
         pass
 
     def state_dict(self):
@@ -25,6 +33,14 @@ class Memory:
 
     def load_state_dict(self, state):
         pass
+
+
+def _subtract(residual, sent):
+    """residual -= sent: at a sparsifier's (distinct) indices, or everywhere for a dense ``sent``."""
+    if isinstance(sent, Sparse):
+        residual.index_add_(0, sent.indices, sent.values, alpha=-1)
+    else:
+        residual.sub_(sent)
 
 
 class _BufferMemory(Memory):
@@ -54,47 +70,66 @@ class _BufferMemory(Memory):
 
 
 class ResidualMemory(_BufferMemory):
-    """Error feedback: residual r += g, select from r, zero r where sent."""
+    """Error feedback (Seide et al. 2014; Karimireddy et al. 2019): r += g, compress r, r -= what was sent."""
 
     buffer_names = ("residuals",)
 
     def compensate(self, grad, name):
         return self._buffer("residuals", name, grad).add_(grad)
 
-    def update(self, name, indices):
-        self.buffers["residuals"][name].index_fill_(0, indices, 0)
+    def update(self, name, sent):
+        _subtract(self.buffers["residuals"][name], sent)
 
 
 class DGCSGDMemory(_BufferMemory):
     """DGC's memory for momentum SGD (Lin et al. 2018, §3.2 and §3.3).
 
-    Momentum correction (eq. 4/5): accumulate the velocity ``u = m*u + g`` and send from
-    ``v = v + u`` (Nesterov: ``v = v + g + m*u``) instead of accumulating raw gradients.
+    Momentum correction (eq. 4/5): accumulate the velocity ``u = m*u + g`` and send from ``v = v + u``
+    (Nesterov: ``v = v + g + m*u``) instead of accumulating raw gradients. ``momentum`` and ``nesterov``
+    default to None: they follow the optimizer (:meth:`follow`); a value given here must agree with it.
     Momentum factor masking: where values were sent, zero ``u`` as well as ``v``, so stale momentum does
-    not push the delayed update further. Local gradient clipping: before accumulation, each tensor's
-    gradient is clipped to L2 norm ``gradient_clipping * N**-0.5`` (N workers), so the sum over workers
-    respects the global threshold.
+    not push the delayed update further (sparse payloads only).
+    Local gradient clipping (§3.2, Appendix C): ``gradient_clipping`` is the max L2 norm of the *averaged*
+    gradient, as ``clip_grad_norm_`` would apply it on one machine. The paper clips each node's share
+    G_k = g_k / N (Algorithm 1 carries the 1/N) to ``c * N**-1/2``, so that N independent shares sum to
+    norm ``c``; our gradients are local means g_k = N * G_k, so each tensor's local mean gradient is
+    clipped to ``c * N**1/2`` (per tensor, so each exchange can start as soon as its gradient exists).
     """
 
     buffer_names = ("momentums", "velocities")
+    applies_momentum = True
 
-    def __init__(self, momentum=0.9, nesterov=False, gradient_clipping=None, momentum_masking=True):
+    def __init__(self, momentum=None, nesterov=None, gradient_clipping=None, momentum_masking=True):
         super().__init__()
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"DGCSGDMemory: momentum={momentum!r} must be in [0, 1)")
-        if gradient_clipping is not None and not (
-                isinstance(gradient_clipping, (int, float)) and gradient_clipping > 0):
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                                     or not 0 <= momentum < 1):
+            raise ValueError(f"DGCSGDMemory: momentum={momentum!r} must be None (follow the optimizer) or in [0, 1)")
+        if gradient_clipping is not None and (isinstance(gradient_clipping, bool) or not (
+                isinstance(gradient_clipping, (int, float)) and gradient_clipping > 0)):
             raise ValueError(f"DGCSGDMemory: gradient_clipping={gradient_clipping!r} must be None or a "
                              "positive max L2 norm")
-        self.momentum = float(momentum)
+        self.requested = (momentum, nesterov)
+        self.momentum = None if momentum is None else float(momentum)
         self.nesterov = nesterov
         self.gradient_clipping = gradient_clipping
         self.momentum_masking = momentum_masking
         self.world_size = 1
 
+    def follow(self, momentum, nesterov):
+        """Take the optimizer's momentum and Nesterov setting; refuse one that contradicts a value given
+        to the constructor (momentum would silently differ between compressed and dense tensors)."""
+        for what, mine, theirs in (("momentum", self.requested[0], momentum), ("nesterov", self.requested[1], nesterov)):
+            if mine is not None and mine != theirs:
+                raise ValueError(f"DGCSGDMemory: {what}={mine!r} but the optimizer has {what}={theirs!r}; "
+                                 f"leave {what} unset (it follows the optimizer) or make them equal")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
     def compensate(self, grad, name):
+        if self.momentum is None:
+            raise RuntimeError("DGCSGDMemory: momentum is unset; give momentum= or let the distributed "
+                               "optimizer call follow() with its optimizer's momentum")
         if self.gradient_clipping is not None:
-            max_norm = self.gradient_clipping * self.world_size ** -0.5
+            max_norm = self.gradient_clipping * self.world_size ** 0.5
             scale = (max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
             grad = grad * scale
         u = self._buffer("momentums", name, grad).mul_(self.momentum).add_(grad)
@@ -103,7 +138,7 @@ class DGCSGDMemory(_BufferMemory):
             return v.add_(grad).add_(u, alpha=self.momentum)
         return v.add_(u)
 
-    def update(self, name, indices):
-        self.buffers["velocities"][name].index_fill_(0, indices, 0)
-        if self.momentum_masking:
-            self.buffers["momentums"][name].index_fill_(0, indices, 0)
+    def update(self, name, sent):
+        _subtract(self.buffers["velocities"][name], sent)
+        if self.momentum_masking and isinstance(sent, Sparse):
+            self.buffers["momentums"][name].index_fill_(0, sent.indices, 0)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Baseline vs DGC on the JPEG CIFAR-10 copy: ResNet-20, 2 workers, the configs/cifar schedule, then
+# Baseline vs DGC (the paper's warm-up, fp16 values, int32 indices) on the JPEG CIFAR-10 copy: ResNet-20, 2 workers,
+# the configs/cifar schedule, then
 # scripts/compare.py (Markdown table + plots into the output folder).
 #   bash scripts/cifar10_compare.sh [EPOCHS] [OUT]     EPOCHS (default 200, the standard schedule) shortens
 #                                                       the cosine schedule; OUT default runs/cifar10-compare-e<EPOCHS>
@@ -25,10 +26,10 @@ run() {  # name, config files...
 }
 if [ -n "${PARALLEL:-}" ]; then
   run baseline & b=$!
-  run dgc configs/dgc/wm5.py configs/dgc/fp16.py configs/dgc/int32.py & d=$!
+  run dgc configs/dgc/paper_warmup.py configs/dgc/fp16.py configs/dgc/int32.py & d=$!
   wait $b; wait $d
 else
   run baseline
-  run dgc configs/dgc/wm5.py configs/dgc/fp16.py configs/dgc/int32.py
+  run dgc configs/dgc/paper_warmup.py configs/dgc/fp16.py configs/dgc/int32.py
 fi
 $PY scripts/compare.py "$OUT/baseline" "$OUT/dgc" --target 85 --plots "$OUT" --output "$OUT/table.md"

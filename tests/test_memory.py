@@ -1,41 +1,67 @@
-"""Memories and DGCSGD: conservation (nothing lost, nothing invented), momentum correction, masking, clipping."""
+"""Memories through the exchange pipeline (one worker): conservation (nothing lost, nothing invented) in fp32
+and fp16, momentum correction, masking, local clipping; the plain step of DGCSGD."""
 import copy
 
 import pytest
 import torch
 
-from dgc.compression import DGCCompressor
+from dgc.compressors.base import Sparse
+from dgc.compressors.dgc import DGCCompressor
+from dgc.exchange import Exchange
+from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, ResidualMemory
 from dgc.optim import DGCSGD
 
 NUMEL = 20_000
 
 
-def _compressor(memory, world_size=1, **kwargs):
-    c = DGCCompressor(memory=memory, min_compress_numel=1, **kwargs)
-    c.initialize([("w", torch.nn.Parameter(torch.zeros(NUMEL, 1)))], world_size)
-    return c
+def _exchange(memory, world_size=1, **kwargs):
+    """One worker's exchange of a (NUMEL, 1) weight; ``world_size`` only sets the memory's clipping scale."""
+    ex = Exchange([("w", torch.nn.Parameter(torch.zeros(NUMEL, 1)))], InProcessGroup(1).communicator(0),
+                  DGCCompressor(min_compress_numel=1, **kwargs), memory)
+    memory.initialize(world_size)
+    return ex
 
 
-def _send(c, g):
-    payload, ctx = c.compress(g, "w")
-    return c.decompress(payload.tensor, ctx, out=torch.empty(NUMEL))
+def _send(ex, g):
+    """What this worker sent for gradient ``g`` (with one worker, the exchanged average is exactly that)."""
+    grad = g.reshape(NUMEL, 1).clone()
+    ex.finish([ex.start("w", grad)])
+    return grad.view(-1)
 
 
+@pytest.mark.parametrize("fp16", [False, True])
 @pytest.mark.parametrize("ratio", [0.001, 0.05, 1.0])
-def test_residual_memory_conserves_every_value(ratio):
+def test_residual_memory_conserves_every_value(ratio, fp16):
+    """sent + residual == everything accumulated, every step; in fp16 mode too: the rounding error (about
+    1e-3 of a value, far above the tolerance) stays in the residual."""
     memory = ResidualMemory()
-    c = _compressor(memory, compress_ratio=ratio)
+    ex = _exchange(memory, compress_ratio=ratio, fp16_values=fp16)
     gen = torch.Generator().manual_seed(0)
-    total_in, total_sent = torch.zeros(NUMEL), torch.zeros(NUMEL)
+    total_in, total_sent = torch.zeros(NUMEL, dtype=torch.float64), torch.zeros(NUMEL, dtype=torch.float64)
     for _ in range(15):
         g = torch.randn(NUMEL, generator=gen)
-        total_in += g
-        total_sent += _send(c, g)
-        residual = memory.buffers["residuals"]["w"]
-        torch.testing.assert_close(total_sent + residual, total_in, rtol=0, atol=1e-4)
-    if ratio == 1.0:
+        total_in += g.double()
+        sent = _send(ex, g)
+        assert torch.isfinite(sent).all()
+        total_sent += sent.double()
+        residual = memory.buffers["residuals"]["w"].double()
+        torch.testing.assert_close(total_sent + residual, total_in, rtol=0, atol=1e-5)
+    if ratio == 1.0 and not fp16:
         assert residual.abs().max() == 0
+    if fp16:
+        assert residual.abs().max() > 0, "fp16 rounding error must stay in the residual"
+
+
+def test_fp16_clamped_value_keeps_the_excess_in_the_residual():
+    memory = ResidualMemory()
+    ex = _exchange(memory, compress_ratio=1 / NUMEL, fp16_values=True)
+    g = torch.zeros(NUMEL)
+    g[3] = 1e6
+    sent = _send(ex, g)
+    assert sent[3].item() == 65504.0
+    assert memory.buffers["residuals"]["w"][3].item() == 1e6 - 65504.0
+    assert _send(ex, torch.zeros(NUMEL))[3].item() == 65504.0, "the excess is sent in later steps"
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -44,51 +70,67 @@ def test_momentum_correction_conserves_and_follows_the_paper(nesterov, masking):
     """u = m*u + g; v += u (Nesterov: v += g + m*u); sent + v == all accumulated; masking zeroes u where sent."""
     m = 0.9
     memory = DGCSGDMemory(momentum=m, nesterov=nesterov, momentum_masking=masking)
-    c = _compressor(memory, compress_ratio=0.01)
+    ex = _exchange(memory, compress_ratio=0.01)
     gen = torch.Generator().manual_seed(1)
     u_ref, total_in, total_sent = torch.zeros(NUMEL), torch.zeros(NUMEL), torch.zeros(NUMEL)
     for _ in range(12):
         g = torch.randn(NUMEL, generator=gen)
         u_ref = m * u_ref + g
         total_in += g + m * u_ref if nesterov else u_ref
-        sent = _send(c, g)
+        sent = _send(ex, g)
         total_sent += sent
         torch.testing.assert_close(total_sent + memory.buffers["velocities"]["w"], total_in, rtol=1e-5, atol=1e-4)
-        assert sent.count_nonzero() == c.num_selects(NUMEL)
+        assert sent.count_nonzero() == ex.compressor.num_selects(NUMEL)
         if masking:
             u_ref[sent != 0] = 0
         torch.testing.assert_close(memory.buffers["momentums"]["w"], u_ref, rtol=1e-5, atol=1e-5)
         assert (memory.buffers["velocities"]["w"][sent != 0] == 0).all()
 
 
-def test_local_clipping_scales_threshold_by_inverse_sqrt_workers():
+@pytest.mark.parametrize("workers", [1, 4, 8])
+def test_local_clipping_bounds_the_averaged_gradient_not_the_share(workers):
+    """gradient_clipping=c bounds the averaged gradient: each worker's local mean gradient is clipped to
+    c * sqrt(N) (the paper's c * N**-1/2 for a share that carries the 1/N factor, times N)."""
     memory = DGCSGDMemory(momentum=0.0, gradient_clipping=2.0, momentum_masking=False)
-    c = _compressor(memory, world_size=4, compress_ratio=0.001)
+    ex = _exchange(memory, world_size=workers, compress_ratio=0.001)
     g = torch.full((NUMEL,), 1.0)
-    c.compress(g, "w")
+    _send(ex, g)
     accumulated = memory.buffers["momentums"]["w"]
-    assert torch.linalg.vector_norm(accumulated).item() == pytest.approx(2.0 / 4 ** 0.5, rel=1e-4)
-    small = DGCSGDMemory(momentum=0.0, gradient_clipping=1e6, momentum_masking=False)
-    c2 = _compressor(small, world_size=4)
-    c2.compress(g, "w")
-    assert torch.equal(small.buffers["momentums"]["w"], g)
+    assert torch.linalg.vector_norm(accumulated).item() == pytest.approx(2.0 * workers ** 0.5, rel=1e-4)
+    loose = DGCSGDMemory(momentum=0.0, gradient_clipping=1e6, momentum_masking=False)
+    _send(_exchange(loose, world_size=workers), g)
+    assert torch.equal(loose.buffers["momentums"]["w"], g)
+
+
+def test_dense_sent_form_keeps_compensated_minus_sent():
+    """The quantizers' form: residual = compensated - sent, whatever was sent."""
+    memory = ResidualMemory()
+    memory.initialize(1)
+    g = torch.randn(100)
+    compensated = memory.compensate(g, "q")
+    sent = g.sign() * g.abs().mean()
+    memory.update("q", sent)
+    torch.testing.assert_close(memory.buffers["residuals"]["q"], g - sent)
+    memory.update("q", Sparse(torch.tensor([0, 5]), memory.buffers["residuals"]["q"][[0, 5]].clone()))
+    assert memory.buffers["residuals"]["q"][[0, 5]].abs().max() == 0
+    assert compensated is memory.buffers["residuals"]["q"]
 
 
 def test_state_dict_round_trip_continues_identically():
     def fresh():
-        return _compressor(DGCSGDMemory(momentum=0.9), compress_ratio=0.01)
-    c = fresh()
+        return _exchange(DGCSGDMemory(momentum=0.9), compress_ratio=0.01)
+    ex = fresh()
     gen = torch.Generator().manual_seed(2)
     grads = [torch.randn(NUMEL, generator=gen) for _ in range(6)]
     for g in grads[:3]:
-        _send(c, g)
+        _send(ex, g)
     restored = fresh()
-    restored.load_state_dict(copy.deepcopy(c.state_dict()))
+    restored.load_state_dict(copy.deepcopy(ex.state_dict()))
     for g in grads[3:]:
         torch.manual_seed(5)
-        a = _send(c, g.clone())
+        a = _send(ex, g)
         torch.manual_seed(5)
-        b = _send(restored, g.clone())
+        b = _send(restored, g)
         assert torch.equal(a, b)
 
 
@@ -99,6 +141,15 @@ def test_memory_bad_arguments(kwargs, name):
         DGCSGDMemory(**kwargs)
 
 
+def test_memory_refuses_an_optimizer_momentum_that_contradicts_its_own():
+    memory = DGCSGDMemory(momentum=0.5)
+    with pytest.raises(ValueError, match=r"momentum=0.5 but the optimizer has momentum=0.9"):
+        memory.follow(0.9, False)
+    follower = DGCSGDMemory()
+    follower.follow(0.9, True)
+    assert (follower.momentum, follower.nesterov) == (0.9, True)
+
+
 def test_dgcsgd_plain_step_for_compressed_and_torch_sgd_for_the_rest():
     torch.manual_seed(3)
     compressed, dense = torch.nn.Parameter(torch.randn(10, 10)), torch.nn.Parameter(torch.randn(10))
@@ -106,6 +157,8 @@ def test_dgcsgd_plain_step_for_compressed_and_torch_sgd_for_the_rest():
     opt = DGCSGD([compressed, dense], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
     ref_opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
     opt.compressed_params = {compressed}
+    calls = []
+    opt.register_step_post_hook(lambda *args: calls.append(1))
     for _ in range(3):
         before = compressed.detach().clone()
         compressed.grad, dense.grad = torch.randn(10, 10), torch.randn(10)
@@ -115,3 +168,4 @@ def test_dgcsgd_plain_step_for_compressed_and_torch_sgd_for_the_rest():
         torch.testing.assert_close(compressed.detach(), before - 0.1 * compressed.grad)
         torch.testing.assert_close(dense.detach(), ref.detach())
     assert compressed not in opt.state or "momentum_buffer" not in opt.state[compressed]
+    assert len(calls) == 3, "step hooks run once per step"

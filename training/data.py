@@ -4,7 +4,9 @@ Each builder returns ``{"train": Dataset, "test": Dataset}`` and raises :class:`
 the folder and the files it expected, before any training starts.
 """
 import pathlib
+import random
 
+import numpy as np
 import torch
 from torchvision import datasets, transforms
 
@@ -77,6 +79,15 @@ def image_folder(root, image_size=224, train_dir="train", test_dir="val"):
                                   transforms.ToTensor(), normalize])
     return {"train": datasets.ImageFolder(root / train_dir, train_tf),
             "test": datasets.ImageFolder(root / test_dir, test_tf)}
+
+
+def seed_rank(seed, rank):
+    """Seed this rank's random draws (augmentation crops and flips, DGC's sample offsets) differently from
+    every other rank's, reproducibly: ranks that drew the same crops would waste part of the batch."""
+    seed = seed * 1000 + rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
 
 
 def subset(dataset, fraction):

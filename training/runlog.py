@@ -35,6 +35,8 @@ class RunLog:
         self.writer.add_scalar("comm/compression_ratio", exchange["compression_ratio"], global_step)
         self.writer.add_scalar("comm/density", exchange["density"], global_step)
         self.writer.add_scalar("comm/bytes_sent", exchange["bytes_sent"], global_step)
+        self.writer.add_scalar("comm/compress_s", exchange["compress_s"], global_step)
+        self.writer.add_scalar("comm/decompress_s", exchange["decompress_s"], global_step)
 
     def epoch(self, record):
         """Add one finished epoch (1-based ``record['epoch']``), write its scalars and metrics.json."""

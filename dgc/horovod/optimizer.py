@@ -1,23 +1,23 @@
-"""A Horovod DistributedOptimizer whose gradients go through a compressor.
+"""A Horovod-style DistributedOptimizer over :class:`dgc.exchange.Exchange`.
 
 Same contract as ``hvd.DistributedOptimizer``: a hook per parameter starts its exchange as soon as its
 gradient is ready (after ``backward_passes_per_step`` passes), ``synchronize()`` waits for all of them,
-``step()`` synchronizes unless inside ``skip_synchronize()``. What is sent is the compressor's business
-(:mod:`dgc.compression`); how, the communicator's (:mod:`dgc.communication`).
+``step()`` synchronizes unless inside ``skip_synchronize()``. What is sent is the compressor's business, what
+is kept the memory's, how it travels the communicator's; the per-tensor pipeline is the exchange's.
 """
 import contextlib
 import warnings
 
 import torch
 
-from dgc.compression import Compressor
-from dgc.optim import DGCSGD
+from dgc.exchange import Exchange
+from dgc.optim import step_corrected, unhooked
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class by :func:`DistributedOptimizer`."""
 
-    def _setup_exchange(self, named_parameters, compression, backward_passes_per_step, communicator):
+    def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator):
         params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
@@ -26,80 +26,60 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if len(set(names)) != len(names):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"DistributedOptimizer: named_parameters has duplicate names {duplicates}")
-        self._names = {p: name for name, p in named_parameters}
-        unnamed = [i for i, p in enumerate(params) if p not in self._names]
+        name_of = {p: name for name, p in named_parameters}
+        unnamed = [i for i, p in enumerate(params) if p not in name_of]
         if unnamed:
             raise ValueError(f"DistributedOptimizer: optimizer parameters at positions {unnamed[:5]} are not "
                              "in named_parameters; pass model.named_parameters() of the optimized model")
-        if not (isinstance(backward_passes_per_step, int) and backward_passes_per_step >= 1):
+        if isinstance(backward_passes_per_step, bool) or not (
+                isinstance(backward_passes_per_step, int) and backward_passes_per_step >= 1):
             raise ValueError(f"DistributedOptimizer: backward_passes_per_step={backward_passes_per_step!r} "
                              "must be an int >= 1")
-        self.compression = compression if compression is not None else Compressor()
-        self.communicator = communicator
-        trained = [(self._names[p], p) for p in params if p.requires_grad]
-        self.compression.initialize(trained, world_size=communicator.size)
-        compressed = {p for name, p in trained if self.compression.is_compressed(name)}
-        memory = getattr(self.compression, "memory", None)
-        if compressed and getattr(memory, "momentum", 0) and not isinstance(self, DGCSGD):
-            raise TypeError(f"DistributedOptimizer: the compression memory applies momentum "
-                            f"({type(memory).__name__}), so the optimizer must be dgc.optim.DGCSGD, "
-                            f"not {type(self).__mro__[1].__name__} (momentum would be applied twice)")
-        if isinstance(self, DGCSGD):
-            self.compressed_params = compressed
-        self._compressed = compressed
-        self._group_of = {p: group for group in self.param_groups for p in group["params"]}
+        if memory is None:
+            memory = getattr(compression, "memory", None)
+        trained = [(name_of[p], p) for p in params if p.requires_grad]
+        self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self)
+        self._name_of = name_of
         self._passes = backward_passes_per_step
-        self._delay = {p: backward_passes_per_step for _, p in trained}
-        self._handles = {}
-        self._synchronized = False
-        self._should_synchronize = True
-        self._dense_bytes = sum(p.numel() * 4 for _, p in trained)
-        self._dense_values = sum(p.numel() for _, p in trained)
-        self._sent_bytes = self._sent_values = 0
-        self.last_exchange = {}
+        self._pending = {}
+        self._reset_counters()
         for _, p in trained:
             p.register_post_accumulate_grad_hook(self._hook)
 
+    def _reset_counters(self):
+        self._delay = {p: self._passes for p in (r.param for r in self.exchange.routes.values())}
+        self._synchronized = False
+        self._should_synchronize = True
+        self._steps = 0
+
     def _hook(self, p):
-        if p in self._handles:
+        if p in self._pending:
             raise AssertionError(
-                f"DistributedOptimizer: gradient of {self._names[p]!r} computed more than "
+                f"DistributedOptimizer: gradient of {self._name_of[p]!r} computed more than "
                 f"backward_passes_per_step={self._passes} times before step(); raise backward_passes_per_step "
                 "to accumulate gradients locally")
         self._delay[p] -= 1
         if self._delay[p] == 0:
-            self._handles[p] = self._start(p)
-
-    def _start(self, p):
-        """Compress and start the exchange of one parameter's gradient."""
-        grad = p.grad
-        if p in self._compressed and isinstance(self, DGCSGD):
-            weight_decay = self._group_of[p].get("weight_decay", 0)
-            if weight_decay:
-                grad.add_(p.detach(), alpha=weight_decay)
-        payload, ctx = self.compression.compress(grad, self._names[p])
-        self._sent_bytes += payload.tensor.numel() * payload.tensor.element_size()
-        self._sent_values += payload.num_values
-        return self.communicator.start(payload, self._names[p]), ctx
+            self._pending[p] = self.exchange.start(self._name_of[p], p.grad)
 
     def synchronize(self):
         """Start what has not started (parameters without a gradient this step send zeros), wait for every
         exchange, write the averaged gradients into ``p.grad``."""
         for p in self._delay:
-            if p not in self._handles:
+            if p not in self._pending:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-                self._handles[p] = self._start(p)
-        for p, (handle, ctx) in self._handles.items():
-            self.compression.decompress(self.communicator.wait(handle), ctx, out=p.grad)
-            self._delay[p] = self._passes
-        self._handles.clear()
+                self._pending[p] = self.exchange.start(self._name_of[p], p.grad)
+        self.exchange.finish(list(self._pending.values()))
+        self._pending.clear()
+        self._delay = dict.fromkeys(self._delay, self._passes)
         self._synchronized = True
-        self.last_exchange = {
-            "bytes_sent": self._sent_bytes, "dense_bytes": self._dense_bytes,
-            "compression_ratio": self._sent_bytes / max(self._dense_bytes, 1),
-            "density": self._sent_values / max(self._dense_values, 1)}
-        self._sent_bytes = self._sent_values = 0
+        self.exchange.collect()
+
+    @property
+    def last_exchange(self):
+        """The last step's statistics (see :meth:`dgc.exchange.Exchange.collect`)."""
+        return self.exchange.last_exchange
 
     @contextlib.contextmanager
     def skip_synchronize(self):
@@ -111,6 +91,12 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             self._should_synchronize = True
 
     def step(self, closure=None):
+        """Synchronize, then update: the wrapped optimizer's own step, except a plain ``p -= lr * grad`` for
+        tensors whose momentum the memory applied. A first step before any backward (what
+        ``hvd.broadcast_optimizer_state`` does to create the state of a fresh optimizer) changes nothing."""
+        if (self._steps == 0 and not self._synchronized and not self._pending
+                and all(d == self._passes for d in self._delay.values())):
+            return None
         if self._should_synchronize:
             if self._synchronized:
                 warnings.warn("optimizer.step() called after synchronize() without skip_synchronize(); "
@@ -118,27 +104,87 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             else:
                 self.synchronize()
         self._synchronized = False
-        return super(self.__class__, self).step(closure)
+        self._steps += 1
+        return step_corrected(self, unhooked(self._base_class.step), self.exchange.corrected, closure)
 
-    def zero_grad(self, *args, **kwargs):
-        if self._handles:
+    def zero_grad(self, set_to_none=True):
+        """Clear gradients; also drops passes accumulated towards an unfinished ``backward_passes_per_step``."""
+        if self._pending:
             raise AssertionError("DistributedOptimizer: zero_grad() while gradient exchanges are in flight; "
                                  "call step() or synchronize() first")
-        return super(self.__class__, self).zero_grad(*args, **kwargs)
+        self._delay = dict.fromkeys(self._delay, self._passes)
+        return self._base_class.zero_grad(self, set_to_none)
+
+    def load_state_dict(self, state_dict):
+        """Load the wrapped optimizer's state; exchanges in flight are finished and discarded, counters reset,
+        and a momentum-correcting memory follows the loaded momentum (weight decay is read live anyway)."""
+        if self._pending:
+            self.exchange.finish(list(self._pending.values()))
+            self._pending.clear()
+            self.exchange.collect()
+        self._base_class.load_state_dict(self, state_dict)
+        self._reset_counters()
+        self.exchange.follow_optimizer()
+
+
+class DenseStats:
+    """The statistics side of :class:`dgc.exchange.Exchange` for Horovod's own ``hvd.DistributedOptimizer``
+    (the baseline users trust), so a training loop reads both the same way: every step sends every trained
+    gradient densely as fp32."""
+
+    def __init__(self, named_parameters):
+        numel = sum(p.numel() for _, p in named_parameters if p.requires_grad)
+        self.last_exchange = {"bytes_sent": 4 * numel, "values_sent": numel, "compress_s": 0.0,
+                              "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": 1.0,
+                              "density": 1.0}
+
+    def set_epoch(self, epoch):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
-                         communicator=None):
-    """Wrap ``optimizer`` so that ``step()`` uses gradients averaged over all workers through
-    ``compression`` (default: dense allreduce). Returns an instance of the optimizer's own class with the
-    exchange mixed in; its state (``state_dict()``) is the wrapped optimizer's, the compressor's state is
-    ``optimizer.compression.state_dict()``."""
+                         communicator=None, memory=None):
+    """Make ``optimizer`` average its gradients over all workers through ``compression`` (default: dense
+    allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none).
+
+    The optimizer object itself is changed (its class becomes a subclass with the exchange mixed in) and
+    returned, so an lr scheduler created before wrapping keeps driving it. Its ``state_dict()`` is the
+    wrapped optimizer's; each rank's compressor and memory state is ``optimizer.exchange.state_dict()``."""
+    if isinstance(optimizer, _DistributedOptimizer):
+        raise ValueError("DistributedOptimizer: this optimizer is already distributed; wrap a plain optimizer once")
     if communicator is None:
         from dgc.horovod.communicator import HorovodCommunicator
         communicator = HorovodCommunicator()
-    cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
-               {k: v for k, v in vars(_DistributedOptimizer).items() if not k.startswith("__")})
-    wrapped = cls.__new__(cls)
-    wrapped.__dict__.update(optimizer.__dict__)
-    wrapped._setup_exchange(named_parameters, compression, backward_passes_per_step, communicator)
-    return wrapped
+    base = optimizer.__class__
+    mixin = {k: v for k, v in vars(_DistributedOptimizer).items() if not k.startswith("__")}
+    cls = type(base.__name__, (base, _DistributedOptimizer), {**mixin, "_base_class": base})
+    scheduler_step = optimizer.__dict__.pop("step", None)
+    optimizer.__class__ = cls
+    cls.step = torch.optim.Optimizer.profile_hook_step(_DistributedOptimizer.step)
+    cls.step.hooked = True
+    if scheduler_step is not None:
+        _count_steps_for_scheduler(optimizer, scheduler_step)
+    optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator)
+    return optimizer
+
+
+def _count_steps_for_scheduler(optimizer, patched):
+    """An lr scheduler created before wrapping replaced ``optimizer.step`` by a counter around the *old*
+    class's step; put the same counter around the distributed step, so the scheduler still sees steps and
+    every step still exchanges."""
+    if not getattr(patched, "_wrapped_by_lr_sched", False):
+        raise ValueError("DistributedOptimizer: optimizer.step was replaced on the instance; wrap the optimizer "
+                         "before patching its step")
+
+    def step(*args, **kwargs):
+        optimizer._opt_called = True
+        return type(optimizer).step(optimizer, *args, **kwargs)
+
+    step._wrapped_by_lr_sched = True
+    optimizer.step = step

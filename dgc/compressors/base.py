@@ -1,0 +1,67 @@
+"""The compressor protocol: one tensor in, payloads out; collective results in, the average out.
+
+A compressor never communicates and never touches the memory (GRACE's PowerSGD calls the collective library
+itself and so cannot be reused by another backend). ``compress`` returns a :class:`Payload`: what to send,
+through which collective, and what it amounts to locally (``sent``, for the memory's residual).
+``decompress`` turns the collective's result into the averaged flat tensor or, for a compressor of several
+rounds (PowerSGD: allreduce P, orthogonalize, allreduce Q), into the next round's ``(payload, ctx)``.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Sparse:
+    """What a sparsifier sent: distinct flat ``indices`` and the ``values`` receivers decode there (after the
+    wire encoding, e.g. fp16 rounding, so the memory keeps exactly what was lost)."""
+    indices: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class Payload:
+    """One worker's message for one tensor and one round.
+
+    ``collective``: "allreduce" (averaged over workers, in place) or "allgather" (concatenated along dim 0).
+    ``num_values``: gradient values it carries (for the density metric). ``sent``: this worker's contribution
+    decoded (a dense tensor or :class:`Sparse`), or None while a later round still decides it."""
+    tensor: torch.Tensor
+    collective: str
+    num_values: int
+    sent: Optional[Union[torch.Tensor, Sparse]] = None
+
+
+class Compressor:
+    """No compression (and the base class): the flat tensor goes dense through an averaging allreduce.
+
+    ``min_compress_numel``: the exchange routes a tensor to this compressor only if it has at least two
+    dimensions and this many elements (see :func:`dgc.exchange.is_compressible`); others go dense."""
+
+    min_compress_numel = 1024
+
+    def compress(self, tensor, name):
+        """Return ``(payload, ctx)`` for the flat ``tensor`` of parameter ``name``."""
+        return Payload(tensor, "allreduce", tensor.numel(), sent=tensor), None
+
+    def decompress(self, result, ctx) -> Union[torch.Tensor, "tuple[Payload, Any]"]:
+        """The averaged flat tensor from the collective's ``result``, or the next round's ``(payload, ctx)``."""
+        return result
+
+    def set_epoch(self, epoch):
+        """Training progress in epochs (a float for per-step schedules); compressors with a warm-up use it."""
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def check_fraction(owner, what, value, meaning):
+    """Raise a ValueError naming ``owner.what`` unless ``value`` is a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{owner}: {what}={value!r} is outside (0, 1]; it is {meaning}")

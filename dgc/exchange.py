@@ -1,0 +1,192 @@
+"""The per-tensor exchange every compressor and backend shares (GRACE's ``send_step``, without a compressor
+that talks to the collective library).
+
+    start:  prepare -> memory.compensate -> compressor.compress -> memory.update -> communicator.start
+    finish: communicator.wait -> compressor.decompress (-> another round, for multi-round compressors)
+
+Which tensors are compressed is decided here, once (:func:`is_compressible`); the rest go dense through the
+base :class:`~dgc.compressors.Compressor` with no memory. Backends (the Horovod ``DistributedOptimizer``,
+a DDP hook, the in-process communicator) only decide *when* to call :meth:`Exchange.start` and
+:meth:`Exchange.finish`.
+"""
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dgc.compressors.base import SUPPORTED_DTYPES, Compressor, Payload
+from dgc.memory import Memory
+
+
+def is_compressible(param, compressor):
+    """Compress weight matrices and convolution kernels of at least ``compressor.min_compress_numel``
+    elements; biases and BatchNorm (1-d) and small tensors go dense, as in the paper's experiments."""
+    return param.dim() > 1 and param.numel() >= compressor.min_compress_numel
+
+
+@dataclass
+class _Route:
+    """How one named parameter is exchanged."""
+    name: str
+    param: torch.Tensor
+    compressor: Compressor
+    memory: Memory
+    group: int
+    compressed: bool
+
+
+@dataclass
+class Pending:
+    """An exchange in flight: the communicator's handle, the compressor's context, where the average goes."""
+    route: _Route
+    handle: Any
+    ctx: Any
+    out: torch.Tensor
+
+
+class Exchange:
+    """Exchanges the gradients of ``named_parameters`` (trained ones, same order and names on every rank).
+
+    ``optimizer`` (optional) supplies live hyper-parameters: weight decay is folded into a compressed
+    gradient when the memory applies momentum (read from the parameter's group at every step), and such a
+    memory follows the optimizer's momentum and Nesterov setting (:meth:`follow_optimizer`).
+    ``stats`` accumulates bytes and values sent and compress/decompress seconds until :meth:`collect`.
+    """
+
+    def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None):
+        self.communicator = communicator
+        self.compressor = compressor if compressor is not None else Compressor()
+        self.memory = memory if memory is not None else Memory()
+        self.optimizer = optimizer
+        group_of = {}
+        if optimizer is not None:
+            group_of = {p: i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+        dense = (Compressor(), Memory())
+        self.routes = {}
+        for name, p in named_parameters:
+            compressed = is_compressible(p, self.compressor)
+            compressor, memory = (self.compressor, self.memory) if compressed else dense
+            self.routes[name] = _Route(name, p, compressor, memory, group_of.get(p, -1), compressed)
+        self.memory.initialize(communicator.size)
+        self.corrected = {r.param for r in self.routes.values() if r.compressed and self.memory.applies_momentum}
+        """Parameters whose momentum and weight decay the memory applied: the optimizer steps them plainly."""
+        self.follow_optimizer()
+        self.stats = self._zero_stats()
+        self.last_exchange = {}
+        self.dense_bytes = sum(r.param.numel() * 4 for r in self.routes.values())
+        self.dense_values = sum(r.param.numel() for r in self.routes.values())
+
+    def start(self, name, grad, out=None):
+        """Begin the exchange of parameter ``name``'s gradient; the average will be written into ``out``
+        (default: ``grad`` itself)."""
+        route = self.routes[name]
+        flat = self._prepare(route, grad)
+        started = time.perf_counter()
+        compensated = route.memory.compensate(flat, name)
+        payload, ctx = route.compressor.compress(compensated, name)
+        if payload.sent is not None:
+            route.memory.update(name, payload.sent)
+        self.stats["compress_s"] += time.perf_counter() - started
+        return self._send(route, payload, ctx, grad if out is None else out)
+
+    def finish(self, pending):
+        """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
+        compressor's next payloads start as soon as each round's result is decoded."""
+        while pending:
+            next_round = []
+            for p in pending:
+                result = self.communicator.wait(p.handle)
+                started = time.perf_counter()
+                decoded = p.route.compressor.decompress(result, p.ctx)
+                self.stats["decompress_s"] += time.perf_counter() - started
+                if isinstance(decoded, tuple):
+                    payload, ctx = decoded
+                    if payload.sent is not None:
+                        p.route.memory.update(p.route.name, payload.sent)
+                    next_round.append(self._send(p.route, payload, ctx, p.out))
+                elif decoded.data_ptr() != p.out.data_ptr():
+                    p.out.copy_(decoded.view(p.out.shape))
+            pending = next_round
+
+    def _prepare(self, route, grad):
+        """The flat gradient, checked (a bad value must never enter a residual), with weight decay folded
+        in where the memory applies momentum (the optimizer's own weight decay then does not run)."""
+        flat = grad.reshape(-1)
+        if route.compressed:
+            _check_gradient(flat, route.name)
+            if self.memory.applies_momentum and route.group >= 0:
+                weight_decay = self.optimizer.param_groups[route.group].get("weight_decay", 0)
+                if weight_decay:
+                    flat = flat.add(route.param.detach().reshape(-1), alpha=weight_decay)
+        return flat
+
+    def _send(self, route, payload, ctx, out):
+        self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
+        self.stats["values_sent"] += payload.num_values
+        return Pending(route, self.communicator.start(payload, route.name), ctx, out)
+
+    def follow_optimizer(self):
+        """Make a momentum-correcting memory use the optimizer's momentum and Nesterov setting (§3.2); refuse
+        an optimizer it cannot stand in for. Called at construction and after the optimizer's state is loaded."""
+        if not self.corrected:
+            return
+        if self.optimizer is None:
+            if self.memory.momentum is None:
+                raise ValueError(f"{type(self.memory).__name__}: momentum is unset and no optimizer was given "
+                                 "to take it from")
+            return
+        if not isinstance(self.optimizer, torch.optim.SGD):
+            raise TypeError(f"{type(self.memory).__name__} applies SGD momentum before compression (momentum "
+                            f"correction), so the optimizer must be torch.optim.SGD, not "
+                            f"{type(self.optimizer).__mro__[1].__name__}; use ResidualMemory with other optimizers")
+        groups = {r.group for r in self.routes.values() if r.param in self.corrected}
+        settings = {(self.optimizer.param_groups[g]["momentum"], self.optimizer.param_groups[g]["nesterov"],
+                     self.optimizer.param_groups[g]["dampening"]) for g in groups}
+        if len(settings) > 1:
+            raise ValueError(f"{type(self.memory).__name__}: compressed parameters sit in param groups with "
+                             f"different (momentum, nesterov, dampening) {sorted(settings)}; momentum correction "
+                             "needs one setting")
+        momentum, nesterov, dampening = settings.pop()
+        if dampening:
+            raise ValueError(f"{type(self.memory).__name__}: the optimizer has dampening={dampening!r}; momentum "
+                             "correction implements undampened momentum only")
+        self.memory.follow(momentum, nesterov)
+
+    def set_epoch(self, epoch):
+        """Training progress in epochs, for compressors with a warm-up schedule."""
+        self.compressor.set_epoch(epoch)
+
+    def collect(self):
+        """Close a step's statistics into ``last_exchange`` and return them: bytes and values sent, their
+        ratio to dense fp32, compress and decompress seconds (host time)."""
+        stats, self.stats = self.stats, self._zero_stats()
+        stats.update(dense_bytes=self.dense_bytes,
+                     compression_ratio=stats["bytes_sent"] / max(self.dense_bytes, 1),
+                     density=stats["values_sent"] / max(self.dense_values, 1))
+        self.last_exchange = stats
+        return stats
+
+    @staticmethod
+    def _zero_stats():
+        return {"bytes_sent": 0, "values_sent": 0, "compress_s": 0.0, "decompress_s": 0.0}
+
+    def state_dict(self):
+        """This rank's compressor and memory state (residuals differ per rank: checkpoint each rank's)."""
+        return {"compressor": self.compressor.state_dict(), "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state):
+        self.compressor.load_state_dict(state["compressor"])
+        self.memory.load_state_dict(state["memory"])
+
+
+def _check_gradient(flat, name):
+    """Reject an unsupported dtype or non-finite values, naming the parameter (one reduction; its host
+    sync is of the same kind as the selection's own)."""
+    if flat.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"gradient of {name!r} has dtype {flat.dtype}; supported: "
+                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    total = flat.sum(dtype=torch.float32) if flat.element_size() < 4 else flat.sum()
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"gradient of {name!r} has non-finite values (nan or inf); it was not "
+                                 "accumulated into the residual")

@@ -1,0 +1,135 @@
+"""The exchange pipeline with N logical workers in one process (dgc.inprocess): routing policy, checks before
+anything is accumulated, several rounds per tensor, statistics, the in-process collectives themselves."""
+import pytest
+import torch
+
+from dgc.compressors.base import Compressor, Payload
+from dgc.compressors.dgc import DGCCompressor
+from dgc.exchange import Exchange
+from dgc.inprocess import InProcessGroup
+from dgc.memory import ResidualMemory
+
+
+def test_policy_compresses_matrices_and_kernels_only():
+    named = [("bias", torch.nn.Parameter(torch.zeros(5000))), ("small", torch.nn.Parameter(torch.zeros(10, 10))),
+             ("big", torch.nn.Parameter(torch.zeros(100, 100))), ("conv", torch.nn.Parameter(torch.zeros(8, 4, 3, 3)))]
+    memory = ResidualMemory()
+    ex = Exchange(named, InProcessGroup(1).communicator(0), DGCCompressor(min_compress_numel=200), memory)
+    assert [ex.routes[n].compressed for n, _ in named] == [False, False, True, True]
+    assert ex.routes["bias"].memory is not memory and ex.routes["big"].memory is memory
+    g = torch.randn(5000)
+    pending = ex.start("bias", g)
+    assert pending.route.compressor.__class__ is Compressor
+    ex.finish([pending])
+    assert "bias" not in memory.buffers["residuals"]
+
+
+def test_average_lands_in_the_gradient_in_its_shape():
+    group = InProcessGroup(3)
+    grads = [torch.randn(64, 32, generator=torch.Generator().manual_seed(r)) for r in range(3)]
+
+    def worker(comm):
+        ex = Exchange([("conv", torch.nn.Parameter(torch.zeros(64, 32)))], comm, DGCCompressor(compress_ratio=1.0))
+        grad = grads[comm.rank].clone()
+        ex.finish([ex.start("conv", grad)])
+        return grad
+
+    for result in group.run(worker):
+        torch.testing.assert_close(result, sum(grads) / 3, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_gradient_is_rejected_and_never_enters_the_residual(bad):
+    memory = ResidualMemory()
+    ex = Exchange([("layer.weight", torch.nn.Parameter(torch.zeros(64, 64)))], InProcessGroup(1).communicator(0),
+                  DGCCompressor(), memory)
+    ex.finish([ex.start("layer.weight", torch.randn(64, 64))])
+    before = memory.buffers["residuals"]["layer.weight"].clone()
+    g = torch.randn(64, 64)
+    g[3, 17] = bad
+    with pytest.raises(FloatingPointError, match="layer.weight"):
+        ex.start("layer.weight", g)
+    assert torch.equal(memory.buffers["residuals"]["layer.weight"], before)
+
+
+def test_unsupported_dtype_names_the_parameter():
+    ex = Exchange([("emb.weight", torch.nn.Parameter(torch.zeros(64, 64)))], InProcessGroup(1).communicator(0),
+                  DGCCompressor())
+    with pytest.raises(TypeError, match="emb.weight"):
+        ex.start("emb.weight", torch.ones(64, 64, dtype=torch.int32))
+
+
+class _MeanThenRest(Compressor):
+    """A two-round test compressor: round 1 allreduces the tensor's mean; round 2 allgathers each worker's
+    deviation from the *global* mean at the largest |.| position only (what the memory must know then)."""
+
+    min_compress_numel = 1
+
+    def compress(self, tensor, name):
+        return Payload(tensor.mean().reshape(1), "allreduce", 1), ("round2", tensor)
+
+    def decompress(self, result, ctx):
+        if ctx[0] == "round2":
+            tensor = ctx[1]
+            mean = result.clone()
+            deviation = tensor - mean
+            i = deviation.abs().argmax()
+            sent = torch.full_like(tensor, mean.item())
+            sent[i] += deviation[i]
+            return Payload(torch.stack([i.double(), deviation[i].double()]), "allgather", 2, sent), ("done", mean, tensor.numel())
+        _, mean, numel = ctx
+        pairs = result.view(-1, 2)
+        out = torch.full((numel,), mean.item())
+        for index, value in pairs:
+            out[int(index)] += value.item() / pairs.shape[0]
+        return out
+
+
+def test_several_rounds_per_tensor_and_memory_after_the_deciding_round():
+    """The payload protocol lets a compressor compute between collectives (PowerSGD's shape): the memory is
+    updated when a round's payload says what was sent; results equal the hand-computed average."""
+    group = InProcessGroup(2)
+    grads = [torch.tensor([[1.0, 2.0], [3.0, 10.0]]), torch.tensor([[-5.0, 0.0], [1.0, 0.0]])]
+
+    def worker(comm):
+        memory = ResidualMemory()
+        ex = Exchange([("w", torch.nn.Parameter(torch.zeros(2, 2)))], comm, _MeanThenRest(), memory)
+        grad = grads[comm.rank].clone()
+        ex.finish([ex.start("w", grad)])
+        return grad, memory.buffers["residuals"]["w"].clone(), ex.collect()
+
+    (avg0, res0, stats0), (avg1, res1, _) = group.run(worker)
+    global_mean = 12 / 8
+    expected = torch.full((2, 2), global_mean)
+    expected[1, 1] += (10.0 - global_mean) / 2     # rank 0's largest deviation
+    expected[0, 0] += (-5.0 - global_mean) / 2     # rank 1's
+    torch.testing.assert_close(avg0, expected)
+    assert torch.equal(avg0, avg1)
+    sent0 = torch.full((4,), global_mean)
+    sent0[3] = 10.0
+    torch.testing.assert_close(res0, grads[0].view(-1) - sent0)
+    assert stats0["bytes_sent"] == 4 + 2 * 8 and stats0["values_sent"] == 3
+    assert [entry[2] for entry in group.log if entry[0] == 0] == ["allreduce", "allgather"]
+
+
+def test_inprocess_collectives_are_exact_and_name_a_missing_rank():
+    group = InProcessGroup(3, timeout=0.5)
+
+    def worker(comm):
+        total = torch.full((4,), float(comm.rank + 1))
+        comm.wait(comm.start(Payload(total, "allreduce", 4), "sum"))
+        gathered = comm.wait(comm.start(Payload(torch.full((comm.rank + 1,), float(comm.rank)), "allgather", 1), "g"))
+        return total, gathered
+
+    for total, gathered in group.run(worker):
+        assert torch.equal(total, torch.full((4,), 2.0))
+        assert torch.equal(gathered, torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 2.0]))
+
+    def lonely(comm):
+        if comm.rank != 1:
+            comm.wait(comm.start(Payload(torch.ones(1), "allreduce", 1), "only.some"))
+
+    with pytest.raises(TimeoutError, match=r"ranks \[1\] never started 'only.some'"):
+        group.run(lonely)
+    with pytest.raises(ValueError, match="size=0"):
+        InProcessGroup(0)
