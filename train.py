@@ -9,7 +9,7 @@ directory (``runs/<dataset>.<model>[.<extra configs>].np<N>`` unless --run-dir) 
 TensorBoard events, metrics.json and checkpoints; a run directory with a checkpoint resumes from it.
 """
 import argparse
-import itertools
+import math
 import pathlib
 import sys
 import time
@@ -79,10 +79,16 @@ def check_training_setup(cfg):
 
     if cfg.train.compression is None:
         return
+    for key in ("compression", "memory"):
+        try:
+            if cfg.train[key] is not None:
+                cfg.train[key]()
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"train.{key}: {error}") from None
     try:
         build_optimizer(cfg, cfg.model(), 1, InProcessGroup(1).communicator(0))
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"train.compression / train.memory / train.optimizer: {error}") from None
+        raise ConfigError(f"train.optimizer with this compression and memory: {error}") from None
 
 
 def evaluate(model, loader, hvd, channels_last, name):
@@ -167,12 +173,10 @@ def train(args, cfg, dataset):
     train_loader, sampler, test_loader = data_lib.loaders(dataset, cfg.train.batch_size, rank, world,
                                                           cfg.data.num_workers, cfg.seed)
     passes = cfg.train.backward_passes_per_step
-    steps_per_epoch = len(train_loader) // passes
-    if steps_per_epoch == 0:
-        if rank == 0:
-            print(f"train.py: error: train.backward_passes_per_step={passes} exceeds the {len(train_loader)} "
-                  "batches per worker and epoch; lower it or train on more data", file=sys.stderr)
-        return 2
+    num_batches = len(train_loader)
+    # The last step of an epoch takes the passes that are left (num_batches need not divide): nothing is
+    # carried into the next epoch.
+    steps_per_epoch = math.ceil(num_batches / passes)
     optimizer, exchange = build_optimizer(cfg, model, world)
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
 
@@ -220,21 +224,20 @@ def train(args, cfg, dataset):
         correct = torch.zeros(())
         seen = steps = bytes_sent = 0
         ratio_sum = 0.0
-        # Whole steps only: the passes of a last, incomplete step are dropped, never carried into the next epoch.
-        batches = itertools.islice(train_loader, steps_per_epoch * passes)
-        bar = tqdm(batches, total=steps_per_epoch * passes, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}",
-                   disable=rank != 0 or None, leave=False, dynamic_ncols=True)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=rank != 0 or None,
+                   leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
-            exchange.set_epoch(epoch + i / len(train_loader) if cfg.train.compression_warmup_per_step else epoch)
+            exchange.set_epoch(epoch + i / num_batches if cfg.train.compression_warmup_per_step else epoch)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
             loss = torch.nn.functional.cross_entropy(out, y)
-            (loss / passes).backward()
+            passes_in_step = min(passes, num_batches - i // passes * passes)
+            (loss / passes_in_step).backward()
             loss_sum += loss.detach().double() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-            if (i + 1) % passes:
+            if (i + 1) % passes and i + 1 < num_batches:
                 continue
             optimizer.step()
             optimizer.zero_grad()

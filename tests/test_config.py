@@ -21,7 +21,8 @@ def test_files_compose_in_order_with_parent_defaults():
     cfg = load("cifar/resnet20.py", "dgc/wm5.py", "dgc/fp16.py", "dgc/int32.py")
     comp = cfg.train.compression
     assert (comp.compress_ratio, comp.warmup_epochs, comp.fp16_values, comp.int32_indices) == (0.001, 5, True, True)
-    assert cfg.train.optimizer.target.__name__ == "DGCSGD" and cfg.train.optimizer.lr == 0.1
+    assert cfg.train.optimizer.target.__name__ == "SGD" and cfg.train.optimizer.lr == 0.1
+    assert cfg.train.memory.target.__name__ == "DGCSGDMemory" and "momentum" not in cfg.train.memory
 
 
 def test_reloading_starts_from_scratch():
@@ -65,7 +66,7 @@ def test_config_node_builds_children_first():
 
 def test_describe_lists_targets_and_values():
     text = load("cifar/resnet20.py", "dgc/wm5.py").describe()
-    assert "compression: dgc.compression.DGCCompressor" in text and "warmup_epochs: 5" in text
+    assert "compression: dgc.compressors.dgc.DGCCompressor" in text and "warmup_epochs: 5" in text
 
 
 def test_apply_override_none_accepts_any_type():

@@ -1,6 +1,7 @@
 """train.py end to end through real horovodrun: errors before training, digits DGC vs baseline, CIFAR-10 smoke
 runs, TensorBoard contents, kill -9 and resume."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,6 +40,12 @@ def run_plain(*args):
     (["--configs", "configs/cifar/resnet20.py", "data.dataset.root=/nonexistent/cifar"],
      "/nonexistent/cifar.*train/<class>"),
     (["--configs", *DIGITS, "train.batch_size=0"], "train.batch_size.*positive int"),
+    (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.compression.compress_ratio=2"],
+     r"train.py: error: train.compression: DGCCompressor: compress_ratio=2.0 is outside \(0, 1\]"),
+    (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.memory.gradient_clipping=-1.0"],
+     "train.py: error: train.memory: .*gradient_clipping=-1.0 must be None or a positive max L2 norm"),
+    (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.optimizer.momentum=0.0", "train.optimizer.nesterov=True"],
+     "train.py: error: train.optimizer with this compression and memory: Nesterov momentum requires a momentum"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
     result = run_plain("train.py", *args, "--run-dir", str(tmp_path / "run"))
@@ -47,6 +54,38 @@ def test_bad_input_fails_before_training(args, message, tmp_path):
     import re
     assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dgc", [False, True], ids=["baseline", "dgc"])
+def test_backward_passes_that_do_not_divide_the_epoch(dgc, tmp_path):
+    """Leftover passes form the epoch's last, smaller step instead of leaking into the next epoch (which
+    crashed). 0.08 of digits: 1 batch per worker and epoch, so every step is such a leftover; 0.2: 4 batches,
+    steps of 3 and 1 passes."""
+    extra = ["configs/dgc/wm0.py"] if dgc else []
+    for fraction, steps in (("0.08", 1), ("0.2", 2)):
+        run = tmp_path / fraction
+        horovodrun(2, train_args(DIGITS + extra, run, "train.num_epochs=3", "train.backward_passes_per_step=3",
+                                 f"data.train_fraction={fraction}"))
+        history = json.loads((run / "metrics.json").read_text())["history"]
+        assert [h["steps"] for h in history] == [steps] * 3
+        assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+def test_ranks_draw_different_augmentations_reproducibly():
+    """Each rank seeds its own random stream (crops and flips differ between ranks), and the same rank and
+    seed draw the same again (so a resumed run, which restores each rank's RNG state, reproduces)."""
+    from torchvision import transforms
+
+    from training.data import seed_rank
+    image = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(3, 32, 32)
+    augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+
+    def draws(rank):
+        seed_rank(42, rank)
+        return torch.stack([augment(image) for _ in range(8)])
+
+    assert not torch.equal(draws(0), draws(1))
+    assert torch.equal(draws(1), draws(1))
 
 
 def test_digits_dgc_within_one_point_of_baseline(tmp_path):
@@ -117,9 +156,10 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     for rank in (0, 1):
         a = torch.load(tmp_path / "straight" / "checkpoints" / f"rank{rank}.epoch10.pt", weights_only=False)
         b = torch.load(tmp_path / "resumed" / "checkpoints" / f"rank{rank}.epoch10.pt", weights_only=False)
-        for key, tensors in a["compression"]["memory"].items():
+        for key, tensors in a["exchange"]["memory"].items():
+            assert tensors, f"rank {rank} saved no {key}"
             for name, t in tensors.items():
-                assert torch.allclose(t, b["compression"]["memory"][key][name], atol=1e-6), (rank, key, name)
+                assert torch.allclose(t, b["exchange"]["memory"][key][name], atol=1e-6), (rank, key, name)
 
 
 def test_checkpoint_of_another_config_is_not_overwritten(tmp_path):

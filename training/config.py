@@ -29,11 +29,6 @@ class Config(dict):
     def target(self):
         return self._target
 
-    def retarget(self, target):
-        """Keep the arguments, build something else (e.g. DGCSGD in place of torch.optim.SGD)."""
-        object.__setattr__(self, "_target", target)
-        return self
-
     def __getattr__(self, key):
         if key.startswith("__"):
             raise AttributeError(key)

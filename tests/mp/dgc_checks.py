@@ -1,10 +1,11 @@
 """Run under horovodrun -np N: DGC over real Horovod collectives.
 
 1. Equivalence: ratio 1.0, masking off => the same weights as hvd.DistributedOptimizer + torch SGD
-   (momentum 0.9, weight decay, Nesterov on and off) after 20 steps.
+   (momentum 0.9, weight decay, Nesterov on and off) after 20 steps; the wrapped optimizer is plain SGD.
 2. Exchange: at ratio 0.01 the averaged gradient equals the mean of every worker's sparse tensor, and each
-   worker's sent values + residual equal what it accumulated (conservation).
+   worker's sent values + residual equal what it accumulated (conservation), fp32 and fp16 values.
 3. Gradient accumulation over backward_passes_per_step=2 equals one pass on the summed gradient.
+4. hvd.broadcast_optimizer_state on a fresh DGC optimizer runs no exchange and moves no parameter.
 """
 import copy
 
@@ -14,7 +15,6 @@ import torch
 import dgc.horovod as dgc_hvd
 from dgc.compression import DGCCompressor
 from dgc.memory import DGCSGDMemory
-from dgc.optim import DGCSGD
 
 hvd.init()
 torch.manual_seed(0)
@@ -44,11 +44,12 @@ def check_equivalence(nesterov):
     sgd = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=nesterov)
     ref_opt = hvd.DistributedOptimizer(torch.optim.SGD(ref_net.parameters(), **sgd),
                                        named_parameters=ref_net.named_parameters())
-    memory = DGCSGDMemory(momentum=0.9, nesterov=nesterov, momentum_masking=False)
+    memory = DGCSGDMemory(momentum_masking=False)
     compression = DGCCompressor(compress_ratio=1.0, memory=memory, min_compress_numel=1000)
-    dgc_opt = dgc_hvd.DistributedOptimizer(DGCSGD(dgc_net.parameters(), **sgd),
+    dgc_opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(dgc_net.parameters(), **sgd),
                                            named_parameters=dgc_net.named_parameters(), compression=compression)
-    assert {n for n, _ in dgc_net.named_parameters() if compression.is_compressed(n)} == {"0.weight", "2.weight"}
+    assert {n for n, r in dgc_opt.exchange.routes.items() if r.compressed} == {"0.weight", "2.weight"}
+    assert (memory.momentum, memory.nesterov) == (0.9, nesterov)
     data = batches(20)
     train(ref_net, ref_opt, data)
     train(dgc_net, dgc_opt, data)
@@ -58,19 +59,18 @@ def check_equivalence(nesterov):
     assert dgc_opt.last_exchange["density"] == 1.0
 
 
-def check_exchange_and_conservation():
+def check_exchange_and_conservation(fp16):
     net = model()
-    memory = DGCSGDMemory(momentum=0.9, momentum_masking=True)
-    compression = DGCCompressor(compress_ratio=0.01, memory=memory, min_compress_numel=1000)
-    opt = dgc_hvd.DistributedOptimizer(DGCSGD(net.parameters(), lr=0.05, momentum=0.9),
-                                       named_parameters=net.named_parameters(), compression=compression)
+    memory = DGCSGDMemory(momentum_masking=True)
+    compression = DGCCompressor(compress_ratio=0.01, fp16_values=fp16, min_compress_numel=1000)
+    opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
+                                       named_parameters=net.named_parameters(), compression=compression, memory=memory)
     sent, accumulated = {}, {}
     compress, compensate = compression.compress, memory.compensate
 
     def spy_compress(tensor, name):
         payload, ctx = compress(tensor, name)
-        if ctx is not None:
-            sent[name] = compression.decompress(payload.tensor, ctx, out=torch.empty(tensor.numel()))
+        sent[name] = compression.decompress(payload.tensor, ctx)
         return payload, ctx
 
     def spy_compensate(grad, name):
@@ -83,14 +83,18 @@ def check_exchange_and_conservation():
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.synchronize()
         for name, p in net.named_parameters():
-            if not compression.is_compressed(name):
+            if not opt.exchange.routes[name].compressed:
                 continue
             mine = sent[name]
             assert mine.count_nonzero() == compression.num_selects(p.numel())
             everyone = hvd.allgather(mine.unsqueeze(0), name=f"check.{name}.{step}")
             assert torch.allclose(p.grad.view(-1), everyone.mean(0), atol=1e-6), name
             residual = memory.buffers["velocities"][name]
-            assert torch.equal(mine + residual, accumulated[name]), f"{name}: sent + residual != accumulated"
+            if fp16:
+                torch.testing.assert_close(mine + residual, accumulated[name], rtol=0, atol=1e-6)
+                assert (residual[mine != 0] != 0).any(), "fp16 rounding error must stay in the residual"
+            else:
+                assert torch.equal(mine + residual, accumulated[name]), f"{name}: sent + residual != accumulated"
             assert (memory.buffers["momentums"][name][mine != 0] == 0).all(), "masking left momentum"
         with opt.skip_synchronize():
             opt.step()
@@ -102,9 +106,9 @@ def check_accumulation():
     data = batches(4, seed_offset=3)
     opts = []
     for passes, net in zip((1, 2), nets):
-        memory = DGCSGDMemory(momentum=0.9, momentum_masking=False)
+        memory = DGCSGDMemory(momentum_masking=False)
         compression = DGCCompressor(compress_ratio=1.0, memory=memory, min_compress_numel=1000)
-        opts.append(dgc_hvd.DistributedOptimizer(DGCSGD(net.parameters(), lr=0.05, momentum=0.9),
+        opts.append(dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
                                                  named_parameters=net.named_parameters(),
                                                  compression=compression, backward_passes_per_step=passes))
     for i in range(0, 4, 2):
@@ -121,8 +125,23 @@ def check_accumulation():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def check_fresh_state_broadcast():
+    net = model()
+    opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1),
+                                       named_parameters=net.named_parameters(),
+                                       compression=DGCCompressor(compress_ratio=0.01, min_compress_numel=1000),
+                                       memory=DGCSGDMemory())
+    before = copy.deepcopy(net.state_dict())
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} moved"
+    assert opt.exchange.memory.buffers["velocities"] == {} and opt.last_exchange == {}, "an exchange ran"
+
+
 check_equivalence(nesterov=False)
 check_equivalence(nesterov=True)
-check_exchange_and_conservation()
+check_exchange_and_conservation(fp16=False)
+check_exchange_and_conservation(fp16=True)
 check_accumulation()
+check_fresh_state_broadcast()
 print(f"rank {RANK}/{SIZE}: dgc checks ok")
