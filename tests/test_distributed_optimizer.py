@@ -10,6 +10,7 @@ import dgc.horovod as dgc_hvd
 from dgc.compressors.dgc import DGCCompressor
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory
+from dgc.optim import DGCSGD
 
 
 def model(seed=0):
@@ -27,17 +28,17 @@ def backward(net, rank=0, step=0):
     torch.nn.functional.cross_entropy(net(x), y).backward()
 
 
-def wrap(net, comm=None, ratio=1.0, memory=None, **sgd):
+def wrap(net, comm=None, ratio=1.0, memory=None, optimizer=torch.optim.SGD, **sgd):
     sgd = {"lr": 0.1, "momentum": 0.9, **sgd}
     comm = comm or InProcessGroup(1).communicator(0)
-    return dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), **sgd), named_parameters=net.named_parameters(),
+    return dgc_hvd.DistributedOptimizer(optimizer(net.parameters(), **sgd), named_parameters=net.named_parameters(),
                                         compression=DGCCompressor(compress_ratio=ratio, min_compress_numel=100),
                                         memory=memory if memory is not None else DGCSGDMemory(momentum_masking=False),
                                         communicator=comm)
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_ratio_one_equals_torch_sgd_on_the_averaged_gradient(nesterov):
+@pytest.mark.parametrize("nesterov,optimizer", [(False, torch.optim.SGD), (True, torch.optim.SGD), (True, DGCSGD)])
+def test_ratio_one_equals_torch_sgd_on_the_averaged_gradient(nesterov, optimizer):
     """Two workers, DGC at ratio 1.0 (masking off) == torch SGD (momentum, weight decay, Nesterov) on the mean
     gradient: momentum correction moved momentum and weight decay before the exchange, nothing else."""
     sgd = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=nesterov)
@@ -56,7 +57,7 @@ def test_ratio_one_equals_torch_sgd_on_the_averaged_gradient(nesterov):
 
     def worker(comm):
         net = nets[comm.rank]
-        opt = wrap(net, comm, **sgd)
+        opt = wrap(net, comm, optimizer=optimizer, **sgd)
         assert (opt.exchange.memory.momentum, opt.exchange.memory.nesterov) == (0.9, nesterov)
         for step in range(8):
             opt.zero_grad()
