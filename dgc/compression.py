@@ -4,6 +4,5 @@ The compressors live one per file in :mod:`dgc.compressors`; this module re-expo
 """
 from dgc.compressors.base import Compressor, Payload, Sparse
 from dgc.compressors.dgc import DGCCompressor
-from dgc.compressors.topk import TopKCompressor
 
-__all__ = ["Compressor", "DGCCompressor", "Payload", "Sparse", "TopKCompressor"]
+__all__ = ["Compressor", "DGCCompressor", "Payload", "Sparse"]

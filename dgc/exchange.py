@@ -98,7 +98,8 @@ class Exchange:
             for p in pending:
                 result = self.communicator.wait(p.handle)
                 started = time.perf_counter()
-                decoded = p.route.compressor.decompress(result, p.ctx)
+                buffer = p.out.view(-1) if p.out.is_contiguous() else None
+                decoded = p.route.compressor.decompress(result, p.ctx, buffer)
                 self.stats["decompress_s"] += time.perf_counter() - started
                 if isinstance(decoded, tuple):
                     payload, ctx = decoded

@@ -2,9 +2,10 @@
 
     .venv/bin/python scripts/bench_compression.py [--device cpu|cuda] [--min-exp 16] [--max-exp 26]
 
-Throughput is GB/s of dense fp32 gradient (numel * 4 bytes / seconds), median of repeated runs. DGC is the
-library's DGCCompressor at ratio 0.001 with no memory (selection, encoding, the non-finite check and the
-scatter-add decompression into a preallocated gradient), one worker. Printed as a Markdown table with the
+Throughput is GB/s of dense fp32 gradient (numel * 4 bytes / seconds), median of repeated runs. DGC is one
+worker's exchange of one gradient through the library's pipeline (dgc.exchange, in-process communicator):
+the non-finite check, DGCCompressor's selection at ratio 0.001, encoding, no memory, and the scatter-add
+decompression into the gradient. Printed as a Markdown table with the
 ratios the targets are about: DGC / clone (goal >= 0.8 on CPU, >= 0.5 on GPU at 2^24+) and DGC speed-up over
 exact top-k (goal >= 10x).
 """
@@ -17,7 +18,9 @@ import pathlib
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from dgc.compression import DGCCompressor  # noqa: E402
+from dgc.compressors.dgc import DGCCompressor  # noqa: E402
+from dgc.exchange import Exchange  # noqa: E402
+from dgc.inprocess import InProcessGroup  # noqa: E402
 
 
 def timed(fn, device, repeats):
@@ -37,14 +40,13 @@ def timed(fn, device, repeats):
 
 def bench(numel, device, ratio, repeats):
     x = torch.randn(numel, device=device)
-    out = torch.empty_like(x)
+    grad = torch.empty_like(x).view(-1, 1)
     compressor = DGCCompressor(compress_ratio=ratio, min_compress_numel=1)
-    compressor.initialize([("g", x.view(-1, 1))], world_size=1)
+    exchange = Exchange([("g", grad)], InProcessGroup(1).communicator(0), compressor)
     k = compressor.num_selects(numel)
 
     def dgc():
-        payload, ctx = compressor.compress(x, "g")
-        compressor.decompress(payload.tensor, ctx, out=out)
+        exchange.finish([exchange.start("g", x, out=grad)])
 
     gb = numel * 4 / 1e9
     return {"clone": gb / timed(lambda: x.clone(), device, repeats),

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from dgc.compression import Compressor, DGCCompressor, TopKCompressor
+from dgc.compression import Compressor, DGCCompressor
+from dgc.compressors.topk import TopKCompressor
 
 
 def _dense(c, payload, ctx):

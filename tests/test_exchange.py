@@ -68,7 +68,7 @@ class _MeanThenRest(Compressor):
     def compress(self, tensor, name):
         return Payload(tensor.mean().reshape(1), "allreduce", 1), ("round2", tensor)
 
-    def decompress(self, result, ctx):
+    def decompress(self, result, ctx, out=None):
         if ctx[0] == "round2":
             tensor = ctx[1]
             mean = result.clone()

@@ -28,7 +28,8 @@ class Payload:
 
     ``collective``: "allreduce" (averaged over workers, in place) or "allgather" (concatenated along dim 0).
     ``num_values``: gradient values it carries (for the density metric). ``sent``: this worker's contribution
-    decoded (a dense tensor or :class:`Sparse`), or None while a later round still decides it."""
+    decoded (a dense tensor or :class:`Sparse`), set on exactly one round's payload (the exchange updates the
+    memory from it), None on the others."""
     tensor: torch.Tensor
     collective: str
     num_values: int
@@ -47,8 +48,9 @@ class Compressor:
         """Return ``(payload, ctx)`` for the flat ``tensor`` of parameter ``name``."""
         return Payload(tensor, "allreduce", tensor.numel(), sent=tensor), None
 
-    def decompress(self, result, ctx) -> Union[torch.Tensor, "tuple[Payload, Any]"]:
-        """The averaged flat tensor from the collective's ``result``, or the next round's ``(payload, ctx)``."""
+    def decompress(self, result, ctx, out=None) -> Union[torch.Tensor, "tuple[Payload, Any]"]:
+        """The averaged flat tensor from the collective's ``result``, or the next round's ``(payload, ctx)``.
+        ``out``, when given, is a flat buffer the final round may write the average into (and return)."""
         return result
 
     def set_epoch(self, epoch):

@@ -55,7 +55,7 @@ class SparseCompressor(Compressor):
         sent = Sparse(indices, wire.to(values.dtype))
         return Payload(packed, "allgather", k, sent), _Ctx(k, tensor.numel(), tensor.dtype)
 
-    def decompress(self, result, ctx):
+    def decompress(self, result, ctx, out=None):
         """Average every worker's pairs into a dense flat tensor, values cast to its dtype first (fp16 never
         accumulates). Deterministic on every device: one ``index_add_`` per worker, in rank order; a worker's
         indices are distinct, so no element receives two atomic adds in one call (CUDA's ``index_add_`` is
@@ -65,7 +65,7 @@ class SparseCompressor(Compressor):
         per_worker = result.view(-1, value_bytes + ctx.k * self.index_dtype.itemsize)
         values = _aligned(per_worker[:, :value_bytes]).view(value_dtype).to(ctx.dtype)
         indices = _aligned(per_worker[:, value_bytes:]).view(self.index_dtype).long()
-        out = torch.zeros(ctx.numel, dtype=ctx.dtype, device=result.device)
+        out = torch.zeros(ctx.numel, dtype=ctx.dtype, device=result.device) if out is None else out.zero_()
         for worker_indices, worker_values in zip(indices, values):
             out.index_add_(0, worker_indices, worker_values)
         return out.div_(per_worker.shape[0])
