@@ -84,7 +84,7 @@ class Exchange:
         flat = self._prepare(route, grad)
         started = time.perf_counter()
         compensated = route.memory.compensate(flat, name)
-        payload, ctx = route.compressor.compress(compensated, name)
+        payload, ctx = route.compressor.compress(compensated.view(route.param.shape), name)
         if payload.sent is not None:
             route.memory.update(name, payload.sent)
         self.stats["compress_s"] += time.perf_counter() - started
@@ -107,7 +107,7 @@ class Exchange:
                         p.route.memory.update(p.route.name, payload.sent)
                     next_round.append(self._send(p.route, payload, ctx, p.out))
                 elif decoded.data_ptr() != p.out.data_ptr():
-                    p.out.copy_(decoded.view(p.out.shape))
+                    p.out.copy_(decoded.reshape(p.out.shape))
             pending = next_round
 
     def _prepare(self, route, grad):

@@ -1,7 +1,8 @@
 """Memories: what a worker keeps of the gradient values it did not send (the residual).
 
 Protocol, per compressed tensor ``name`` (flat tensors): ``compensate(grad, name)`` folds the new gradient
-into the memory and returns the tensor to compress, which is the residual buffer itself; once the compressor
+into the memory and returns the tensor to compress, which is the residual buffer itself (the exchange
+hands it to the compressor viewed in the parameter's shape); once the compressor
 says what was sent, ``update(name, sent)`` keeps ``residual = compensated - sent``: a sparse fast path for
 :class:`~dgc.compressors.Sparse` (subtract at the sent indices: zero, or the encoding's rounding error) and
 a dense subtraction for quantizers. So after every step, sent + residual == everything accumulated.
@@ -40,7 +41,7 @@ def _subtract(residual, sent):
     if isinstance(sent, Sparse):
         residual.index_add_(0, sent.indices, sent.values, alpha=-1)
     else:
-        residual.sub_(sent)
+        residual.sub_(sent.reshape(residual.shape))
 
 
 class _BufferMemory(Memory):

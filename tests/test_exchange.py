@@ -66,7 +66,7 @@ class _MeanThenRest(Compressor):
     min_compress_numel = 1
 
     def compress(self, tensor, name):
-        return Payload(tensor.mean().reshape(1), "allreduce", 1), ("round2", tensor)
+        return Payload(tensor.mean().reshape(1), "allreduce", 1), ("round2", tensor.view(-1))
 
     def decompress(self, result, ctx, out=None):
         if ctx[0] == "round2":

@@ -2,6 +2,7 @@
 run from outside the checkout under horovodrun -np 2 (replicas must end bit-identical)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ from conftest import HOROVODRUN, ROOT
 
 
 def test_installed_package_runs_the_readme_user_script(tmp_path):
-    target = tmp_path / "site"
+    source, target = tmp_path / "source", tmp_path / "site"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "data", "runs", "build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, capture_output=True, text=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, text=True, timeout=300)
     assert (target / "dgc" / "exchange.py").is_file() and not (target / "training").exists()
     readme = (ROOT / "README.md").read_text()
     script = re.search(r"<!-- user-script -->\n```python\n(.*?)```\n<!-- /user-script -->", readme, re.S).group(1)

@@ -72,9 +72,9 @@ def test_backward_passes_that_do_not_divide_the_epoch(dgc, tmp_path):
 
 
 def test_a_compressor_is_one_file_plus_one_config(tmp_path):
-    """configs/topk.py selects dgc/compressors/topk.py (exact top-k, error feedback) with nothing else."""
+    """configs/compression/topk.py selects dgc/compressors/topk.py (exact top-k, error feedback) with nothing else."""
     run = tmp_path / "topk"
-    horovodrun(2, train_args(DIGITS + ["configs/topk.py"], run, "train.num_epochs=4"))
+    horovodrun(2, train_args(DIGITS + ["configs/compression/topk.py"], run, "train.num_epochs=4"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["compression"] == "TopKCompressor"
     assert metrics["history"][-1]["compression_ratio"] < 0.05 and metrics["final_test_top1"] > 80

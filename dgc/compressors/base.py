@@ -45,12 +45,14 @@ class Compressor:
     min_compress_numel = 1024
 
     def compress(self, tensor, name):
-        """Return ``(payload, ctx)`` for the flat ``tensor`` of parameter ``name``."""
+        """Return ``(payload, ctx)`` for ``tensor``, parameter ``name``'s compensated gradient in the
+        parameter's shape (contiguous, so ``tensor.view(-1)`` is free)."""
         return Payload(tensor, "allreduce", tensor.numel(), sent=tensor), None
 
     def decompress(self, result, ctx, out=None) -> Union[torch.Tensor, "tuple[Payload, Any]"]:
-        """The averaged flat tensor from the collective's ``result``, or the next round's ``(payload, ctx)``.
-        ``out``, when given, is a flat buffer the final round may write the average into (and return)."""
+        """The averaged tensor (any shape with the parameter's element count) from the collective's
+        ``result``, or the next round's ``(payload, ctx)``. ``out``, when given, is a flat buffer the final
+        round may write the average into (and return)."""
         return result
 
     def set_epoch(self, epoch):

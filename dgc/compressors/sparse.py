@@ -47,9 +47,10 @@ class SparseCompressor(Compressor):
         if self.index_dtype == torch.int32 and tensor.numel() >= 2 ** 31:
             raise ValueError(f"{type(self).__name__}: int32_indices cannot address {name!r} "
                              f"({tensor.numel()} >= 2^31 elements)")
-        k = self.num_selects(tensor.numel())
-        indices = self.select(tensor, k)
-        values = tensor[indices]
+        flat = tensor.view(-1)
+        k = self.num_selects(flat.numel())
+        indices = self.select(flat, k)
+        values = flat[indices]
         wire = values if self.value_dtype is None else values.clamp(-FP16_MAX, FP16_MAX).to(self.value_dtype)
         packed = torch.cat([wire.view(torch.uint8), indices.to(self.index_dtype).view(torch.uint8)])
         sent = Sparse(indices, wire.to(values.dtype))

@@ -1,5 +1,5 @@
 """Top-k sparsification (Aji & Heafield 2017; Stich et al. 2018 with error feedback): the k largest |values|
-by an exact ``torch.topk``. Pair it with ``ResidualMemory`` for error feedback (``configs/topk.py``)."""
+by an exact ``torch.topk``. Pair it with ``ResidualMemory`` for error feedback (``configs/compression/topk.py``)."""
 from dgc.compressors.sparse import SparseCompressor
 
 

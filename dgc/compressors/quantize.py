@@ -1,0 +1,49 @@
+"""What every quantizer shares: each worker's tensor becomes a fixed number of bytes (bit-packed codes and
+float32 scales) that one allgather carries; receivers decode every worker's bytes and average them in
+rank order, so every rank gets the same bits."""
+import torch
+
+from dgc.compressors.base import Compressor, Payload
+
+
+class QuantizingCompressor(Compressor):
+    """Base of the quantizers. Subclasses implement :meth:`encode` (tensor -> uint8 bytes whose count
+    depends only on the element count) and :meth:`decode` (bytes -> dense float32 values). ``sent`` is the
+    local decoding, so an error-feedback memory keeps exactly what quantization lost."""
+
+    def __init__(self, min_compress_numel=1024):
+        if isinstance(min_compress_numel, bool) or not isinstance(min_compress_numel, int) or min_compress_numel < 1:
+            raise ValueError(f"{type(self).__name__}: min_compress_numel={min_compress_numel!r} must be an int >= 1")
+        self.min_compress_numel = min_compress_numel
+
+    def encode(self, x):
+        """uint8 bytes for the flat float tensor ``x``."""
+        raise NotImplementedError
+
+    def decode(self, data, numel):
+        """The float32 values of ``numel`` elements that ``data`` encodes."""
+        raise NotImplementedError
+
+    def compress(self, tensor, name):
+        flat = tensor.view(-1)
+        data = self.encode(flat)
+        sent = self.decode(data, flat.numel()).to(flat.dtype)
+        return Payload(data, "allgather", flat.numel(), sent), (flat.numel(), flat.dtype, data.numel())
+
+    def decompress(self, result, ctx, out=None):
+        numel, dtype, nbytes = ctx
+        rows = result.view(-1, nbytes)
+        out = torch.zeros(numel, dtype=dtype, device=result.device) if out is None else out.zero_()
+        for row in rows:
+            out += self.decode(row, numel).to(dtype)
+        return out.div_(rows.shape[0])
+
+
+def float_bytes(values):
+    """float32 ``values`` as bytes (to travel inside a quantizer's payload)."""
+    return values.to(torch.float32).reshape(-1).view(torch.uint8)
+
+
+def bytes_float(data, count):
+    """The first ``count`` float32 values stored by :func:`float_bytes` at the start of ``data``."""
+    return data[:4 * count].clone().view(torch.float32)

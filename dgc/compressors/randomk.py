@@ -1,0 +1,43 @@
+"""Random-k sparsification (Stich et al., NeurIPS 2018): k random coordinates per tensor and step. Every
+worker draws the *same* coordinates (a generator seeded by seed, tensor name and step), so the values go
+by an averaging allreduce of k floats and no index travels."""
+import zlib
+
+import torch
+
+from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction
+
+
+class RandomKCompressor(Compressor):
+    """Send ``compress_ratio`` of each tensor's values at shared random positions (unscaled: pair it with
+    ResidualMemory for error feedback). The per-tensor step counters are state, checkpointed so a resumed
+    run draws the positions it would have drawn."""
+
+    def __init__(self, compress_ratio=0.01, seed=0, min_compress_numel=1024):
+        check_fraction("RandomKCompressor", "compress_ratio", compress_ratio,
+                       "the fraction of gradient values sent per step")
+        self.compress_ratio = float(compress_ratio)
+        self.seed = int(seed)
+        self.min_compress_numel = min_compress_numel
+        self.steps = {}
+
+    def compress(self, tensor, name):
+        flat = tensor.view(-1)
+        k = min(flat.numel(), max(1, round(flat.numel() * self.compress_ratio)))
+        step = self.steps.get(name, 0)
+        self.steps[name] = step + 1
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()) * 65_537 + step)
+        indices = torch.randperm(flat.numel(), generator=generator)[:k].to(flat.device)
+        values = flat[indices]
+        return Payload(values, "allreduce", k, Sparse(indices, values.clone())), (indices, flat.numel())
+
+    def decompress(self, result, ctx, out=None):
+        indices, numel = ctx
+        out = torch.zeros(numel, dtype=result.dtype, device=result.device) if out is None else out.zero_()
+        return out.index_copy_(0, indices, result)
+
+    def state_dict(self):
+        return {"steps": dict(self.steps)}
+
+    def load_state_dict(self, state):
+        self.steps = dict(state["steps"])

@@ -1,0 +1,137 @@
+"""Every compressor selected by a file in configs/compression/, on the one pipeline, with three in-process
+workers: replicas stay identical, the loss goes down, the wire bytes match the encoding's formula, error
+feedback conserves; unbiased quantizers are unbiased; bad arguments are named. (tests/mp/compressor_checks.py
+runs the same files under horovodrun -np 2.)"""
+import math
+import pathlib
+
+import pytest
+import torch
+
+import dgc.horovod as dgc_hvd
+from dgc.compressors.packing import packed_bytes
+from dgc.compressors.powersgd import PowerSGDCompressor
+from dgc.compressors.qsgd import QSGDCompressor
+from dgc.compressors.randomk import RandomKCompressor
+from dgc.compressors.terngrad import TernGradCompressor
+from dgc.compressors.topk import TopKCompressor
+from dgc.inprocess import InProcessGroup
+from training.config import load_configs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p.name for p in (ROOT / "configs" / "compression").glob("*.py") if p.name != "__init__.py")
+ROWS, COLS = 64, 32          # the compressed weight of the test model: 2048 elements
+
+
+def wire_bytes(compressor, numel=ROWS * COLS):
+    """What the encoding should put on the wire for one worker and one tensor, by its formula."""
+    name = type(compressor).__name__
+    if name == "Compressor":
+        return numel * 4
+    if name in ("TopKCompressor", "DGCCompressor"):
+        k = max(1, round(numel * compressor.compress_ratio))
+        return k * ((2 if compressor.value_dtype == torch.float16 else 4) + compressor.index_dtype.itemsize)
+    if name == "RandomKCompressor":
+        return max(1, round(numel * compressor.compress_ratio)) * 4
+    if name == "QSGDCompressor":
+        return 4 + packed_bytes(numel, compressor.bits)
+    if name == "TernGradCompressor":
+        return 4 + packed_bytes(numel, 2)
+    if name == "SignSGDCompressor":
+        return 4 + packed_bytes(numel, 1)
+    if name == "PowerSGDCompressor":
+        return (ROWS + COLS) * compressor.rank * 4
+    raise AssertionError(f"no wire formula for {name}: add one")
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(COLS, ROWS), torch.nn.Tanh(), torch.nn.Linear(ROWS, 4))
+
+
+def batch(rank, step):
+    gen = torch.Generator().manual_seed(1000 * rank + step)
+    x = torch.randn(32, COLS, generator=gen)
+    return x, (x[:, :4].sum(1) > 0).long() + 2 * (x[:, 4:8].sum(1) > 0).long()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_compressor_on_three_inprocess_workers(config):
+    cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
+    lr = 0.002 if config == "signsgd.py" else 0.1
+    nets = [model() for _ in range(3)]
+    group = InProcessGroup(3)
+    steps = 30
+
+    def worker(comm):
+        net = nets[comm.rank]
+        memory = cfg.train.memory() if cfg.train.memory is not None else None
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9),
+                                           named_parameters=net.named_parameters(),
+                                           compression=cfg.train.compression(), memory=memory, communicator=comm)
+        assert opt.exchange.routes["0.weight"].compressed and not opt.exchange.routes["2.weight"].compressed
+        accumulated, sent = torch.zeros(ROWS * COLS), torch.zeros(ROWS * COLS)
+        update = opt.exchange.memory.update
+
+        def spy(name, what):
+            from dgc.compressors.base import Sparse
+            if isinstance(what, Sparse):
+                sent.index_add_(0, what.indices, what.values)
+            else:
+                sent.add_(what.reshape(-1))
+            update(name, what)
+
+        opt.exchange.memory.update = spy
+        x0, y0 = batch(99, 0)
+        first = torch.nn.functional.cross_entropy(net(x0), y0).item()
+        torch.manual_seed(comm.rank)
+        for step in range(steps):
+            opt.zero_grad()
+            x, y = batch(comm.rank, step)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            accumulated += net[0].weight.grad.view(-1)
+            opt.step()
+        last = torch.nn.functional.cross_entropy(net(x0), y0).item()
+        residual = opt.exchange.memory.state_dict().get("residuals", {}).get("0.weight")
+        return first, last, residual, accumulated, sent, opt.exchange.compressor
+
+    results = group.run(worker)
+    for a, b, c in zip(*(n.parameters() for n in nets)):
+        assert torch.equal(a, b) and torch.equal(a, c), "replicas differ"
+    for first, last, residual, accumulated, sent, _ in results:
+        assert last < 0.9 * first, (config, first, last)
+        if residual is not None:
+            torch.testing.assert_close(sent + residual, accumulated, rtol=0, atol=1e-4)
+    compressor = results[0][5]
+    logged = [nbytes for rank, name, _, nbytes in group.log if rank == 0 and name == "0.weight"]
+    rounds = 2 if isinstance(compressor, PowerSGDCompressor) else 1
+    assert len(logged) == steps * rounds
+    assert sum(logged) == steps * wire_bytes(compressor), (config, logged[:2])
+
+
+def test_every_compressor_over_horovod_two_workers():
+    from conftest import horovodrun
+    result = horovodrun(2, ["tests/mp/compressor_checks.py"], timeout=300)
+    assert result.stdout.count(f"{len(CONFIGS)} compressors ok") == 2
+
+
+@pytest.mark.parametrize("compressor", [QSGDCompressor(levels=1), QSGDCompressor(levels=4), TernGradCompressor()],
+                         ids=["qsgd-s1", "qsgd-s4", "terngrad"])
+def test_unbiased_quantizers_are_unbiased(compressor):
+    """Mean of 4000 decodings of one fixed vector vs the vector: every element within 5 standard errors
+    (estimated from the draws themselves); fixed seed."""
+    torch.manual_seed(0)
+    x = torch.randn(500)
+    draws = torch.stack([compressor.decode(compressor.encode(x), 500) for _ in range(4000)])
+    standard_error = draws.std(0) / math.sqrt(draws.shape[0])
+    assert ((draws.mean(0) - x).abs() <= 5 * standard_error + 1e-6).all()
+    assert draws.std(0).max() > 0, "stochastic rounding must vary"
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: QSGDCompressor(levels=0), "levels=0"), (lambda: QSGDCompressor(levels=200), "levels=200"),
+    (lambda: PowerSGDCompressor(rank=0), "rank=0"), (lambda: RandomKCompressor(compress_ratio=1.5), "compress_ratio=1.5"),
+    (lambda: TopKCompressor(compress_ratio=0), "compress_ratio=0")])
+def test_bad_arguments_are_named(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
