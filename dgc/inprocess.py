@@ -6,7 +6,8 @@ For tests of the exchange contract and for trying a compressor on one machine::
     results = group.run(lambda comm: train_one_worker(comm))   # one thread per rank
 
 Each rank's communicator is ``group.communicator(rank)``; collectives match by name and by how often a rank
-has started that name, as Horovod matches them. Sums run in rank order, so every rank gets the same bits.
+has started that name, as Horovod matches them. Sums run in rank order (16-bit values in float32), so every
+rank gets the same bits.
 """
 import collections
 import threading
@@ -85,7 +86,7 @@ class InProcessGroup:
                 del self._slots[key]
         if slot["collective"] == "allgather":
             return torch.cat(parts)
-        total = parts[0].clone()
+        total = parts[0].to(torch.promote_types(tensor.dtype, torch.float32), copy=True)
         for part in parts[1:]:
             total += part
         return tensor.copy_(total.div_(self.size))

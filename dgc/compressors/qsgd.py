@@ -18,14 +18,15 @@ class QSGDCompressor(QuantizingCompressor):
         super().__init__(min_compress_numel)
 
     def encode(self, x):
+        x = x.view(-1)
         norm = torch.linalg.vector_norm(x.float())
         scaled = x.float().abs() / norm.clamp(min=torch.finfo(torch.float32).tiny) * self.levels
         level = (scaled + torch.rand_like(scaled)).floor().clamp(max=self.levels)
         codes = level * 2 + (x < 0)
         return torch.cat([float_bytes(norm), pack(codes, self.bits)])
 
-    def decode(self, data, numel):
+    def decode(self, data, shape):
         norm = bytes_float(data, 1)
-        codes = unpack(data[4:], self.bits, numel)
+        codes = unpack(data[4:], self.bits, shape.numel())
         magnitude = (codes >> 1).float() * (norm / self.levels)
         return torch.where(codes & 1 == 1, -magnitude, magnitude)

@@ -8,8 +8,8 @@ from dgc.compressors.base import Compressor, Payload
 
 class QuantizingCompressor(Compressor):
     """Base of the quantizers. Subclasses implement :meth:`encode` (tensor -> uint8 bytes whose count
-    depends only on the element count) and :meth:`decode` (bytes -> dense float32 values). ``sent`` is the
-    local decoding, so an error-feedback memory keeps exactly what quantization lost."""
+    depends only on the shape) and :meth:`decode` (bytes and shape -> flat float32 values). ``sent`` is
+    the local decoding, so an error-feedback memory keeps exactly what quantization lost."""
 
     def __init__(self, min_compress_numel=1024):
         if isinstance(min_compress_numel, bool) or not isinstance(min_compress_numel, int) or min_compress_numel < 1:
@@ -17,25 +17,24 @@ class QuantizingCompressor(Compressor):
         self.min_compress_numel = min_compress_numel
 
     def encode(self, x):
-        """uint8 bytes for the flat float tensor ``x``."""
+        """uint8 bytes for the float tensor ``x`` (in its parameter's shape)."""
         raise NotImplementedError
 
-    def decode(self, data, numel):
-        """The float32 values of ``numel`` elements that ``data`` encodes."""
+    def decode(self, data, shape):
+        """The flat float32 values of a tensor of ``shape`` that ``data`` encodes."""
         raise NotImplementedError
 
     def compress(self, tensor, name):
-        flat = tensor.view(-1)
-        data = self.encode(flat)
-        sent = self.decode(data, flat.numel()).to(flat.dtype)
-        return Payload(data, "allgather", flat.numel(), sent), (flat.numel(), flat.dtype, data.numel())
+        data = self.encode(tensor)
+        sent = self.decode(data, tensor.shape).to(tensor.dtype)
+        return Payload(data, "allgather", tensor.numel(), sent), (tensor.shape, tensor.dtype, data.numel())
 
     def decompress(self, result, ctx, out=None):
-        numel, dtype, nbytes = ctx
+        shape, dtype, nbytes = ctx
         rows = result.view(-1, nbytes)
-        out = torch.zeros(numel, dtype=dtype, device=result.device) if out is None else out.zero_()
+        out = torch.zeros(shape.numel(), dtype=dtype, device=result.device) if out is None else out.zero_()
         for row in rows:
-            out += self.decode(row, numel).to(dtype)
+            out += self.decode(row, shape).to(dtype)
         return out.div_(rows.shape[0])
 
 

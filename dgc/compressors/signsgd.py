@@ -19,6 +19,6 @@ class SignSGDCompressor(QuantizingCompressor):
         magnitude = x.float().abs().mean() if self.scaled else torch.ones((), device=x.device)
         return torch.cat([float_bytes(magnitude), pack(x >= 0, 1)])
 
-    def decode(self, data, numel):
+    def decode(self, data, shape):
         magnitude = bytes_float(data, 1)
-        return (unpack(data[4:], 1, numel).float() * 2 - 1) * magnitude
+        return (unpack(data[4:], 1, shape.numel()).float() * 2 - 1) * magnitude

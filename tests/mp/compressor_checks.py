@@ -28,8 +28,8 @@ for config in CONFIGS:
         x, y = batch(hvd.rank(), step)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
-    dense = sum(p.numel() * 4 for name, p in net.named_parameters() if name != "0.weight")
-    expected = wire_bytes(opt.exchange.compressor) + dense
+    expected = sum(wire_bytes(r.compressor, tuple(r.param.shape)) if r.compressed else r.param.numel() * 4
+                   for r in opt.exchange.routes.values())
     assert opt.last_exchange["bytes_sent"] == expected, (config, opt.last_exchange["bytes_sent"], expected)
     checksum = torch.tensor([sum(p.double().sum().item() for p in net.parameters())], dtype=torch.float64)
     everyone = hvd.allgather(checksum, name=f"checksum.{config}")
