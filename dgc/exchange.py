@@ -22,7 +22,8 @@ from dgc.memory import Memory
 def is_compressible(param, compressor):
     """Compress weight matrices and convolution kernels of at least ``compressor.min_compress_numel``
     elements; biases and BatchNorm (1-d) and small tensors go dense, as in the paper's experiments."""
-    return param.dim() > 1 and param.numel() >= compressor.min_compress_numel
+    return (compressor.min_compress_numel is not None and param.dim() > 1
+            and param.numel() >= compressor.min_compress_numel)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Exchange:
         self.corrected = {r.param for r in self.routes.values() if r.compressed and self.memory.applies_momentum}
         """Parameters whose momentum and weight decay the memory applied: the optimizer steps them plainly."""
         self.follow_optimizer()
-        self.stats = self._zero_stats()
+        self.stats = self.zero_stats()
         self.last_exchange = {}
         self.dense_bytes = sum(r.param.numel() * 4 for r in self.routes.values())
         self.dense_values = sum(r.param.numel() for r in self.routes.values())
@@ -85,6 +86,8 @@ class Exchange:
         started = time.perf_counter()
         compensated = route.memory.compensate(flat, name)
         payload, ctx = route.compressor.compress(compensated.view(route.param.shape), name)
+        if route.memory.keeps_state and payload.tensor.data_ptr() == compensated.data_ptr():
+            payload.tensor = payload.tensor.clone()
         if payload.sent is not None:
             route.memory.update(name, payload.sent)
         self.stats["compress_s"] += time.perf_counter() - started
@@ -111,15 +114,18 @@ class Exchange:
             pending = next_round
 
     def _prepare(self, route, grad):
-        """The flat gradient, checked (a bad value must never enter a residual), with weight decay folded
-        in where the memory applies momentum (the optimizer's own weight decay then does not run)."""
+        """The flat gradient, checked (a bad value must never enter a residual) and clipped if the memory
+        clips; where the memory applies momentum, the optimizer's live weight decay is folded in (its own
+        then does not run) and its live momentum and Nesterov setting handed to the memory."""
         flat = grad.reshape(-1)
         if route.compressed:
             _check_gradient(flat, route.name)
-            if self.memory.applies_momentum and route.group >= 0:
-                weight_decay = self.optimizer.param_groups[route.group].get("weight_decay", 0)
-                if weight_decay:
-                    flat = flat.add(route.param.detach().reshape(-1), alpha=weight_decay)
+            flat = route.memory.clip(flat)
+            if route.param in self.corrected and self.optimizer is not None:
+                group = self.optimizer.param_groups[route.group]
+                self.memory.follow(group["momentum"], group["nesterov"])
+                if group.get("weight_decay", 0):
+                    flat = flat.add(route.param.detach().reshape(-1), alpha=group["weight_decay"])
         return flat
 
     def _send(self, route, payload, ctx, out):
@@ -140,7 +146,11 @@ class Exchange:
         if not isinstance(self.optimizer, torch.optim.SGD):
             raise TypeError(f"{type(self.memory).__name__} applies SGD momentum before compression (momentum "
                             f"correction), so the optimizer must be torch.optim.SGD, not "
-                            f"{type(self.optimizer).__mro__[1].__name__}; use ResidualMemory with other optimizers")
+                            f"{type(self.optimizer).__name__}; use ResidualMemory with other optimizers")
+        outside = [r.name for r in self.routes.values() if r.param in self.corrected and r.group < 0]
+        if outside:
+            raise ValueError(f"{type(self.memory).__name__}: parameters {outside[:5]} are compressed with momentum "
+                             "correction but not in the optimizer, whose momentum and weight decay they need")
         groups = {r.group for r in self.routes.values() if r.param in self.corrected}
         settings = {(self.optimizer.param_groups[g]["momentum"], self.optimizer.param_groups[g]["nesterov"],
                      self.optimizer.param_groups[g]["dampening"]) for g in groups}
@@ -161,7 +171,7 @@ class Exchange:
     def collect(self):
         """Close a step's statistics into ``last_exchange`` and return them: bytes and values sent, their
         ratio to dense fp32, compress and decompress seconds (host time)."""
-        stats, self.stats = self.stats, self._zero_stats()
+        stats, self.stats = self.stats, self.zero_stats()
         stats.update(dense_bytes=self.dense_bytes,
                      compression_ratio=stats["bytes_sent"] / max(self.dense_bytes, 1),
                      density=stats["values_sent"] / max(self.dense_values, 1))
@@ -169,7 +179,8 @@ class Exchange:
         return stats
 
     @staticmethod
-    def _zero_stats():
+    def zero_stats():
+        """Empty statistics (also what discards the counts of exchanges that are thrown away)."""
         return {"bytes_sent": 0, "values_sent": 0, "compress_s": 0.0, "decompress_s": 0.0}
 
     def state_dict(self):

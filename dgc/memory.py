@@ -18,10 +18,16 @@ class Memory:
     applies_momentum = False
     """True when compensate() applies SGD momentum itself (momentum correction); the exchange then folds
     weight decay into the gradient first and the optimizer takes a plain step for those tensors."""
+    keeps_state = False
+    """True when compensate() returns a buffer the memory keeps (the exchange never sends it in place)."""
 
     def initialize(self, world_size):
         """Called once with the number of workers (the clipping threshold depends on it)."""
         self.world_size = world_size
+
+    def clip(self, grad):
+        """The raw gradient, clipped if the memory clips (before weight decay is folded in)."""
+        return grad
 
     def compensate(self, grad, name):
         return grad
@@ -48,6 +54,7 @@ class _BufferMemory(Memory):
     """Named per-tensor buffers, created on first use, checkpointed by name (each rank has its own)."""
 
     buffer_names = ()
+    keeps_state = True
 
     def __init__(self):
         self.buffers = {key: {} for key in self.buffer_names}
@@ -90,11 +97,13 @@ class DGCSGDMemory(_BufferMemory):
     default to None: they follow the optimizer (:meth:`follow`); a value given here must agree with it.
     Momentum factor masking: where values were sent, zero ``u`` as well as ``v``, so stale momentum does
     not push the delayed update further (sparse payloads only).
-    Local gradient clipping (§3.2, Appendix C): ``gradient_clipping`` is the max L2 norm of the *averaged*
-    gradient, as ``clip_grad_norm_`` would apply it on one machine. The paper clips each node's share
-    G_k = g_k / N (Algorithm 1 carries the 1/N) to ``c * N**-1/2``, so that N independent shares sum to
-    norm ``c``; our gradients are local means g_k = N * G_k, so each tensor's local mean gradient is
-    clipped to ``c * N**1/2`` (per tensor, so each exchange can start as soon as its gradient exists).
+    Local gradient clipping (§3.2, Appendix C): ``gradient_clipping`` = c is the threshold the paper sets
+    for the summed (here: averaged) gradient. The paper clips each node's share G_k = g_k / N (Algorithm 1
+    carries the 1/N) to ``c * N**-1/2``, so that N independent shares sum to norm about c; our gradients
+    are local means g_k = N * G_k, so each compressed tensor's local mean gradient is clipped to
+    ``c * N**1/2``, before weight decay is folded in (per tensor, so each exchange can start as soon as its
+    gradient exists; gradients that agree across workers can average up to ``c * N**1/2``). Dense tensors
+    (biases, BatchNorm) are not clipped.
     """
 
     buffer_names = ("momentums", "velocities")
@@ -125,14 +134,16 @@ class DGCSGDMemory(_BufferMemory):
                                  f"leave {what} unset (it follows the optimizer) or make them equal")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
+    def clip(self, grad):
+        if self.gradient_clipping is None:
+            return grad
+        max_norm = self.gradient_clipping * self.world_size ** 0.5
+        return grad * (max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
+
     def compensate(self, grad, name):
         if self.momentum is None:
             raise RuntimeError("DGCSGDMemory: momentum is unset; give momentum= or let the distributed "
                                "optimizer call follow() with its optimizer's momentum")
-        if self.gradient_clipping is not None:
-            max_norm = self.gradient_clipping * self.world_size ** 0.5
-            scale = (max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
-            grad = grad * scale
         u = self._buffer("momentums", name, grad).mul_(self.momentum).add_(grad)
         v = self._buffer("velocities", name, grad)
         if self.nesterov:

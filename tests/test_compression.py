@@ -116,6 +116,17 @@ def test_fp16_values_accumulate_in_fp32():
     assert dense[5].item() == 60000.0 and dense.abs().sum().item() == 60000.0
 
 
+def test_half_precision_gradients_accumulate_in_fp32():
+    """fp16 gradients: six workers each sending 60000 at one index average to 60000, not inf (the sum,
+    360000, is past fp16's range, so it must not be formed in fp16)."""
+    x = torch.zeros(4096, dtype=torch.float16)
+    x[5] = 60000.0
+    c = DGCCompressor(compress_ratio=1 / 4096)
+    payload, ctx = c.compress(x, "w")
+    dense = c.decompress(payload.tensor.repeat(6), ctx)
+    assert dense[5].item() == 60000.0 and torch.isfinite(dense).all()
+
+
 def test_exchange_average_of_overlapping_and_disjoint_workers():
     """Decompressing the allgathered payloads equals the mean of every worker's sparse tensor."""
     numel, workers = 10_000, 3

@@ -229,16 +229,45 @@ def test_load_state_dict_weight_decay_is_live_hooks_fire_once_counters_reset():
                                        communicator=InProcessGroup(1).communicator(0))
     calls = []
     opt.register_step_post_hook(lambda *args: calls.append("post"))
-    backward(net)                      # one of two passes in flight towards a step ...
+    backward(net)                      # one of two passes towards a step ...
     state = opt.state_dict()
     state["param_groups"][0]["weight_decay"] = 0.0
-    opt.load_state_dict(state)         # ... dropped by the load: counters reset
-    opt.zero_grad()
+    opt.load_state_dict(state)         # ... dropped by the load: counters reset (no zero_grad here)
+    for p in net.parameters():
+        p.grad = None
     backward(net, step=1)
-    backward(net, step=2)
+    backward(net, step=2)              # raised "computed more than backward_passes_per_step" before
     grads = {name: p.grad.clone() for name, p in net.named_parameters()}
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     opt.step()
     assert calls == ["post"], "step hooks run once per step after load_state_dict"
     for name, p in net.named_parameters():
         torch.testing.assert_close(p.detach(), before[name] - 0.1 * grads[name], rtol=0, atol=1e-7), name
+
+
+def test_load_state_dict_finishes_exchanges_in_flight_and_discards_them():
+    group = InProcessGroup(1)
+    net = model()
+    opt = wrap(net, group.communicator(0))
+    backward(net)
+    assert len(group.log) == 4 and opt._pending
+    opt.load_state_dict(opt.state_dict())
+    assert not opt._pending
+    opt.zero_grad()
+    backward(net, step=1)
+    opt.step()
+    assert len(group.log) == 8
+    assert opt.last_exchange["bytes_sent"] == sum(nbytes for *_, nbytes in group.log[4:]), "discarded bytes counted"
+
+
+def test_second_synchronize_warns_and_exchanges_nothing():
+    group = InProcessGroup(1)
+    net = model()
+    opt = wrap(net, group.communicator(0), ratio=0.1)
+    backward(net)
+    opt.synchronize()
+    averaged = [p.grad.clone() for p in net.parameters()]
+    with pytest.warns(UserWarning, match="synchronize\\(\\) called twice"):
+        opt.synchronize()
+    assert len(group.log) == 4
+    assert all(torch.equal(a, p.grad) for a, p in zip(averaged, net.parameters()))

@@ -1,5 +1,7 @@
 """The exchange pipeline with N logical workers in one process (dgc.inprocess): routing policy, checks before
 anything is accumulated, several rounds per tensor, statistics, the in-process collectives themselves."""
+import copy
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from dgc.compressors.base import Compressor, Payload
 from dgc.compressors.dgc import DGCCompressor
 from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
-from dgc.memory import ResidualMemory
+from dgc.memory import DGCSGDMemory, ResidualMemory
 
 
 def test_policy_compresses_matrices_and_kernels_only():
@@ -36,6 +38,43 @@ def test_average_lands_in_the_gradient_in_its_shape():
 
     for result in group.run(worker):
         torch.testing.assert_close(result, sum(grads) / 3, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory", [ResidualMemory(), DGCSGDMemory(momentum=0.0)], ids=["residual", "dgcsgd"])
+def test_dense_compressor_with_a_memory_sends_the_gradient_not_zeros(memory):
+    """The dense compressor's payload is the memory's own buffer; the memory empties that buffer after
+    compress, so the exchange must send a copy (an in-place send of the buffer sent zeros)."""
+    grads = [torch.full((40, 40), 1.0), torch.full((40, 40), 2.0)]
+
+    def worker(comm):
+        mem = copy.deepcopy(memory)
+        compressor = Compressor()
+        compressor.min_compress_numel = 1
+        ex = Exchange([("w", torch.nn.Parameter(torch.zeros(40, 40)))], comm, compressor, mem)
+        grad = grads[comm.rank].clone()
+        ex.finish([ex.start("w", grad)])
+        return grad, mem.state_dict()
+
+    for grad, state in InProcessGroup(2).run(worker):
+        assert torch.equal(grad, torch.full((40, 40), 1.5))
+        residual = state.get("residuals", state.get("velocities"))["w"]
+        assert residual.abs().max() == 0
+
+
+def test_clipping_comes_before_weight_decay_and_momentum_is_read_live():
+    """Local clipping bounds the raw gradient (as clip_grad_norm_ would), then weight decay is folded in;
+    a momentum changed in the param group after wrapping is used by the memory at the next step."""
+    param = torch.nn.Parameter(torch.full((32, 32), 10.0))
+    sgd = torch.optim.SGD([param], lr=0.1, momentum=0.0, weight_decay=1.0)
+    memory = DGCSGDMemory(gradient_clipping=1.0, momentum_masking=False)
+    ex = Exchange([("w", param)], InProcessGroup(1).communicator(0), DGCCompressor(compress_ratio=1.0), memory, sgd)
+    grad = torch.full((32, 32), 100.0)
+    ex.finish([ex.start("w", grad.clone())])
+    u = memory.buffers["momentums"]["w"]
+    torch.testing.assert_close(u, grad.view(-1) / torch.linalg.vector_norm(grad) + 10.0)
+    sgd.param_groups[0]["momentum"] = 0.5
+    ex.finish([ex.start("w", grad.clone())])
+    assert memory.momentum == 0.5
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -6,6 +6,7 @@ through which collective, and what it amounts to locally (``sent``, for the memo
 ``decompress`` turns the collective's result into the averaged flat tensor or, for a compressor of several
 rounds (PowerSGD: allreduce P, orthogonalize, allreduce Q), into the next round's ``(payload, ctx)``.
 """
+import zlib
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -28,8 +29,9 @@ class Payload:
 
     ``collective``: "allreduce" (averaged over workers, in place) or "allgather" (concatenated along dim 0).
     ``num_values``: gradient values it carries (for the density metric). ``sent``: this worker's contribution
-    decoded (a dense tensor or :class:`Sparse`), set on exactly one round's payload (the exchange updates the
-    memory from it), None on the others."""
+    decoded (a dense tensor or :class:`Sparse`), set on at most one round's payload (the exchange updates the
+    memory from it; none when nothing was sent), None on the others. ``tensor`` may share storage with the
+    compressed tensor: the exchange copies it before a memory changes that tensor."""
     tensor: torch.Tensor
     collective: str
     num_values: int
@@ -37,12 +39,13 @@ class Payload:
 
 
 class Compressor:
-    """No compression (and the base class): the flat tensor goes dense through an averaging allreduce.
+    """No compression (and the base class): the tensor goes dense through an averaging allreduce.
 
-    ``min_compress_numel``: the exchange routes a tensor to this compressor only if it has at least two
-    dimensions and this many elements (see :func:`dgc.exchange.is_compressible`); others go dense."""
+    ``min_compress_numel``: the exchange routes a tensor to a compressor only if it has at least two
+    dimensions and this many elements (see :func:`dgc.exchange.is_compressible`); others go dense. None
+    (this class): no tensor is routed here, all go the dense way, unchecked and without memory."""
 
-    min_compress_numel = 1024
+    min_compress_numel = None
 
     def compress(self, tensor, name):
         """Return ``(payload, ctx)`` for ``tensor``, parameter ``name``'s compensated gradient in the
@@ -63,6 +66,24 @@ class Compressor:
 
     def load_state_dict(self, state):
         pass
+
+
+def check_min_numel(owner, value):
+    """Raise a ValueError naming ``owner.min_compress_numel`` unless it is an int >= 1; return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: min_compress_numel={value!r} must be an int >= 1")
+    return value
+
+
+def num_selects(numel, ratio):
+    """k: how many of ``numel`` values a sparsifier at ``ratio`` sends (at least one, at most all)."""
+    return min(numel, max(1, round(numel * ratio)))
+
+
+def name_seed(seed, name):
+    """A seed every rank derives alike from a user seed and a parameter name (Python's str hash is salted
+    per process, so crc32)."""
+    return seed * 1_000_003 + zlib.crc32(name.encode())
 
 
 def check_fraction(owner, what, value, meaning):

@@ -31,6 +31,12 @@ class DGCCompressor(SparseCompressor):
         super().__init__(compress_ratio, fp16_values, int32_indices, min_compress_numel)
         check_fraction("DGCCompressor", "sample_ratio", sample_ratio,
                        "the fraction of elements sampled for the threshold")
+        for what, value in (("compress_upper_bound", compress_upper_bound), ("compress_lower_bound", compress_lower_bound),
+                            ("max_adaptation_iters", max_adaptation_iters), ("warmup_epochs", warmup_epochs)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"DGCCompressor: {what}={value!r} must be a number")
+        if warmup_epochs != int(warmup_epochs):
+            raise ValueError(f"DGCCompressor: warmup_epochs={warmup_epochs!r} must be a whole number of epochs")
         if not compress_upper_bound >= 1:
             raise ValueError(f"DGCCompressor: compress_upper_bound={compress_upper_bound!r} must be >= 1 "
                              "(how many candidates, in units of k, the sampled threshold aims for)")

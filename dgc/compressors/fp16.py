@@ -3,7 +3,7 @@
 gradient's dtype. With an error-feedback memory the rounding error is kept."""
 import torch
 
-from dgc.compressors.base import Compressor, Payload
+from dgc.compressors.base import Compressor, Payload, check_min_numel
 
 
 class FP16Compressor(Compressor):
@@ -13,7 +13,7 @@ class FP16Compressor(Compressor):
     wire_dtype = torch.float16
 
     def __init__(self, min_compress_numel=1):
-        self.min_compress_numel = min_compress_numel
+        self.min_compress_numel = check_min_numel(type(self).__name__, min_compress_numel)
 
     def compress(self, tensor, name):
         limit = torch.finfo(self.wire_dtype).max

@@ -1,11 +1,9 @@
 """PowerSGD (Vogels et al., NeurIPS 2019, Algorithm 1): a rank-r approximation P Q^T of each gradient
 matrix from one step of subspace iteration, warm-started from the last step's Q, in two allreduce rounds.
 Pair it with ResidualMemory for the paper's error feedback (configs/compression/powersgd.py)."""
-import zlib
-
 import torch
 
-from dgc.compressors.base import Compressor, Payload
+from dgc.compressors.base import Compressor, Payload, check_min_numel, name_seed
 
 
 class PowerSGDCompressor(Compressor):
@@ -20,7 +18,7 @@ class PowerSGDCompressor(Compressor):
             raise ValueError(f"PowerSGDCompressor: rank={rank!r} must be an int >= 1")
         self.rank = rank
         self.seed = int(seed)
-        self.min_compress_numel = min_compress_numel
+        self.min_compress_numel = check_min_numel("PowerSGDCompressor", min_compress_numel)
         self.q = {}
 
     def compress(self, tensor, name):
@@ -28,7 +26,7 @@ class PowerSGDCompressor(Compressor):
         rank = min(self.rank, *matrix.shape)
         q = self.q.get(name)
         if q is None or q.shape != (matrix.shape[1], rank):
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+            generator = torch.Generator().manual_seed(name_seed(self.seed, name))
             q = torch.randn(matrix.shape[1], rank, generator=generator).to(matrix)
         p = matrix @ q
         return Payload(p, "allreduce", p.numel()), ("p", name, matrix)

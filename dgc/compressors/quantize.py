@@ -3,7 +3,8 @@ float32 scales) that one allgather carries; receivers decode every worker's byte
 rank order, so every rank gets the same bits."""
 import torch
 
-from dgc.compressors.base import Compressor, Payload
+from dgc.compressors.base import Compressor, Payload, check_min_numel
+from dgc.compressors.sparse import accumulator
 
 
 class QuantizingCompressor(Compressor):
@@ -12,9 +13,7 @@ class QuantizingCompressor(Compressor):
     the local decoding, so an error-feedback memory keeps exactly what quantization lost."""
 
     def __init__(self, min_compress_numel=1024):
-        if isinstance(min_compress_numel, bool) or not isinstance(min_compress_numel, int) or min_compress_numel < 1:
-            raise ValueError(f"{type(self).__name__}: min_compress_numel={min_compress_numel!r} must be an int >= 1")
-        self.min_compress_numel = min_compress_numel
+        self.min_compress_numel = check_min_numel(type(self).__name__, min_compress_numel)
 
     def encode(self, x):
         """uint8 bytes for the float tensor ``x`` (in its parameter's shape)."""
@@ -32,10 +31,10 @@ class QuantizingCompressor(Compressor):
     def decompress(self, result, ctx, out=None):
         shape, dtype, nbytes = ctx
         rows = result.view(-1, nbytes)
-        out = torch.zeros(shape.numel(), dtype=dtype, device=result.device) if out is None else out.zero_()
+        total = accumulator(shape.numel(), dtype, result.device, out)
         for row in rows:
-            out += self.decode(row, shape).to(dtype)
-        return out.div_(rows.shape[0])
+            total += self.decode(row, shape)
+        return total.div_(rows.shape[0])
 
 
 def float_bytes(values):

@@ -1,11 +1,9 @@
 """Random-k sparsification (Stich et al., NeurIPS 2018): k random coordinates per tensor and step. Every
 worker draws the *same* coordinates (a generator seeded by seed, tensor name and step), so the values go
 by an averaging allreduce of k floats and no index travels."""
-import zlib
-
 import torch
 
-from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction
+from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction, check_min_numel, name_seed, num_selects
 
 
 class RandomKCompressor(Compressor):
@@ -18,16 +16,16 @@ class RandomKCompressor(Compressor):
                        "the fraction of gradient values sent per step")
         self.compress_ratio = float(compress_ratio)
         self.seed = int(seed)
-        self.min_compress_numel = min_compress_numel
+        self.min_compress_numel = check_min_numel("RandomKCompressor", min_compress_numel)
         self.steps = {}
 
     def compress(self, tensor, name):
         flat = tensor.view(-1)
-        k = min(flat.numel(), max(1, round(flat.numel() * self.compress_ratio)))
+        k = num_selects(flat.numel(), self.compress_ratio)
         step = self.steps.get(name, 0)
         self.steps[name] = step + 1
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()) * 65_537 + step)
-        indices = torch.randperm(flat.numel(), generator=generator)[:k].to(flat.device)
+        generator = torch.Generator(device=flat.device).manual_seed(name_seed(self.seed, name) * 65_537 + step)
+        indices = torch.randperm(flat.numel(), generator=generator, device=flat.device)[:k]
         values = flat[indices]
         return Payload(values, "allreduce", k, Sparse(indices, values.clone())), (indices, flat.numel())
 

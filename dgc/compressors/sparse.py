@@ -4,9 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction
-
-FP16_MAX = torch.finfo(torch.float16).max
+from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction, check_min_numel, num_selects
 
 
 @dataclass
@@ -28,16 +26,14 @@ class SparseCompressor(Compressor):
     def __init__(self, compress_ratio=0.001, fp16_values=False, int32_indices=False, min_compress_numel=1024):
         owner = type(self).__name__
         check_fraction(owner, "compress_ratio", compress_ratio, "the fraction of gradient values sent per step")
-        if isinstance(min_compress_numel, bool) or not isinstance(min_compress_numel, int) or min_compress_numel < 1:
-            raise ValueError(f"{owner}: min_compress_numel={min_compress_numel!r} must be an int >= 1")
+        self.min_compress_numel = check_min_numel(owner, min_compress_numel)
         self.compress_ratio = float(compress_ratio)
         self.value_dtype = torch.float16 if fp16_values else None
         self.index_dtype = torch.int32 if int32_indices else torch.int64
-        self.min_compress_numel = min_compress_numel
 
     def num_selects(self, numel):
         """k: how many values a tensor of ``numel`` elements sends at the current ratio (at least one)."""
-        return min(numel, max(1, round(numel * self.compress_ratio)))
+        return num_selects(numel, self.compress_ratio)
 
     def select(self, x, k):
         """Indices of the k values of the flat tensor ``x`` to send (distinct)."""
@@ -51,31 +47,42 @@ class SparseCompressor(Compressor):
         k = self.num_selects(flat.numel())
         indices = self.select(flat, k)
         values = flat[indices]
-        wire = values if self.value_dtype is None else values.clamp(-FP16_MAX, FP16_MAX).to(self.value_dtype)
+        limit = torch.finfo(torch.float16).max
+        wire = values if self.value_dtype is None else values.clamp(-limit, limit).to(self.value_dtype)
         packed = torch.cat([wire.view(torch.uint8), indices.to(self.index_dtype).view(torch.uint8)])
         sent = Sparse(indices, wire.to(values.dtype))
         return Payload(packed, "allgather", k, sent), _Ctx(k, tensor.numel(), tensor.dtype)
 
     def decompress(self, result, ctx, out=None):
-        """Average every worker's pairs into a dense flat tensor, values cast to its dtype first (fp16 never
-        accumulates). Deterministic on every device: one ``index_add_`` per worker, in rank order; a worker's
-        indices are distinct, so no element receives two atomic adds in one call (CUDA's ``index_add_`` is
-        only non-deterministic for repeated indices), and every rank adds the same bytes in the same order."""
+        """Average every worker's pairs into a dense flat tensor, accumulated in float32 or wider (16-bit
+        values never accumulate in 16 bits). Deterministic on every device: one ``index_add_`` per worker, in
+        rank order; a worker's indices are distinct, so no element receives two atomic adds in one call
+        (CUDA's ``index_add_`` is only non-deterministic for repeated indices), and every rank adds the same
+        bytes in the same order."""
         value_dtype = self.value_dtype or ctx.dtype
         value_bytes = ctx.k * value_dtype.itemsize
         per_worker = result.view(-1, value_bytes + ctx.k * self.index_dtype.itemsize)
-        values = _aligned(per_worker[:, :value_bytes]).view(value_dtype).to(ctx.dtype)
+        total = accumulator(ctx.numel, ctx.dtype, result.device, out)
+        values = _aligned(per_worker[:, :value_bytes]).view(value_dtype).to(total.dtype)
         indices = _aligned(per_worker[:, value_bytes:]).view(self.index_dtype).long()
-        out = torch.zeros(ctx.numel, dtype=ctx.dtype, device=result.device) if out is None else out.zero_()
         for worker_indices, worker_values in zip(indices, values):
-            out.index_add_(0, worker_indices, worker_values)
-        return out.div_(per_worker.shape[0])
+            total.index_add_(0, worker_indices, worker_values)
+        return total.div_(per_worker.shape[0])
 
     def state_dict(self):
         return {"compress_ratio": self.compress_ratio}
 
     def load_state_dict(self, state):
         self.compress_ratio = state["compress_ratio"]
+
+
+def accumulator(numel, dtype, device, out=None):
+    """Zeros to sum workers' contributions in: ``out`` when it already has the accumulation dtype (float32
+    or wider), else a new tensor of that dtype."""
+    acc_dtype = torch.promote_types(dtype, torch.float32)
+    if out is not None and out.dtype == acc_dtype:
+        return out.zero_()
+    return torch.zeros(numel, dtype=acc_dtype, device=device)
 
 
 def _aligned(byte_columns):

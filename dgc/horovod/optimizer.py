@@ -64,7 +64,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def synchronize(self):
         """Start what has not started (parameters without a gradient this step send zeros), wait for every
-        exchange, write the averaged gradients into ``p.grad``."""
+        exchange, write the averaged gradients into ``p.grad``. A second call before ``step()`` warns and
+        does nothing (exchanging averaged gradients again would feed them into the residuals twice)."""
+        if self._synchronized:
+            warnings.warn("synchronize() called twice before step(); the gradients were exchanged once")
+            return
         for p in self._delay:
             if p not in self._pending:
                 if p.grad is None:
@@ -121,7 +125,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if self._pending:
             self.exchange.finish(list(self._pending.values()))
             self._pending.clear()
-            self.exchange.collect()
+            self.exchange.stats = self.exchange.zero_stats()
         self._base_class.load_state_dict(self, state_dict)
         self._reset_counters()
         self.exchange.follow_optimizer()
