@@ -1,4 +1,7 @@
-"""Benchmark: DGC compress + decompress throughput vs torch.clone and exact torch.topk, in one run.
+"""Benchmark, in one run: (1) DGC compress + decompress throughput vs torch.clone and exact torch.topk;
+(2) every compressor of configs/compression/ on the same gradients: throughput, bytes on the wire / dense
+fp32, and relative L2 error of what one worker's exchange delivers (2^16 to 2^24 elements as matrices, and
+the whole gradient of ResNet-20 and VGG-16 on one random CIFAR batch).
 
     .venv/bin/python scripts/bench_compression.py [--device cpu|cuda] [--min-exp 16] [--max-exp 26]
 
@@ -21,6 +24,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from dgc.compressors.dgc import DGCCompressor  # noqa: E402
 from dgc.exchange import Exchange  # noqa: E402
 from dgc.inprocess import InProcessGroup  # noqa: E402
+from models.cifar_resnet import resnet20  # noqa: E402
+from models.vgg import vgg16  # noqa: E402
+from training.config import load_configs  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def timed(fn, device, repeats):
@@ -54,6 +62,50 @@ def bench(numel, device, ratio, repeats):
             "dgc": gb / timed(dgc, device, repeats)}
 
 
+def family_row(config, named_grads, device, repeats):
+    """GB/s, wire bytes / dense fp32 bytes and relative L2 error of one worker exchanging ``named_grads``
+    through the compressor and memory that ``config`` selects (bytes and error of the first exchange, with
+    empty memory; GB/s over repeats of the same gradients)."""
+    cfg = load_configs(["configs/digits/digitsnet.py", str(config)], root=ROOT / "configs")
+    memory = cfg.train.memory() if cfg.train.memory is not None else None
+    params = [(name, torch.nn.Parameter(g.clone())) for name, g in named_grads]
+    optimizer = torch.optim.SGD([p for _, p in params], lr=0.1, momentum=0.9)
+    exchange = Exchange(params, InProcessGroup(1).communicator(0), cfg.train.compression(), memory, optimizer)
+    outs = {name: torch.empty_like(g) for name, g in named_grads}
+
+    def run():
+        exchange.finish([exchange.start(name, g, out=outs[name]) for name, g in named_grads])
+
+    run()
+    wire = exchange.collect()["bytes_sent"]
+    error = torch.linalg.vector_norm(torch.cat([(outs[n] - g).view(-1) for n, g in named_grads]))
+    norm = torch.linalg.vector_norm(torch.cat([g.view(-1) for _, g in named_grads]))
+    dense = sum(g.numel() * 4 for _, g in named_grads)
+    return dense / 1e9 / timed(run, device, repeats), wire / dense, (error / norm).item()
+
+
+def model_gradient(build, device):
+    torch.manual_seed(0)
+    model = build().to(device)
+    x, y = torch.randn(32, 3, 32, 32, device=device), torch.randint(10, (32,), device=device)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return [(name, p.grad.detach().clone()) for name, p in model.named_parameters()]
+
+
+def family(device, exps, repeats):
+    print("\n| compressor | gradient | GB/s | wire / dense | relative error |")
+    print("| :--- | :--- | ---: | ---: | ---: |")
+    gradients = []
+    for exp in exps:
+        rows = 2 ** (exp // 2)
+        gradients.append((f"2^{exp}", [("w", torch.randn(rows, 2 ** exp // rows, device=device))]))
+    gradients += [("ResNet-20", model_gradient(resnet20, device)), ("VGG-16", model_gradient(vgg16, device))]
+    for config in sorted((ROOT / "configs" / "compression").glob("*.py")):
+        for label, named_grads in gradients:
+            gbs, wire, error = family_row(config, named_grads, device, repeats)
+            print(f"| {config.stem} | {label} | {gbs:.2f} | {wire:.4f} | {error:.3f} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -61,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--max-exp", type=int, default=26)
     parser.add_argument("--ratio", type=float, default=0.001)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--family-exps", default="16,20,24", help="matrix sizes (powers of two) for table 2")
+    parser.add_argument("--family-repeats", type=int, default=3)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -71,6 +125,7 @@ def main(argv=None):
         r = bench(2 ** exp, device, args.ratio, args.repeats)
         print(f"| 2^{exp} | {r['clone']:.2f} | {r['topk']:.2f} | {r['dgc']:.2f} | "
               f"{r['dgc'] / r['clone']:.2f} | {r['dgc'] / r['topk']:.1f}x |", flush=True)
+    family(device, [int(e) for e in args.family_exps.split(",") if e], args.family_repeats)
 
 
 if __name__ == "__main__":
