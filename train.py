@@ -174,6 +174,12 @@ def train(args, cfg, dataset):
                                                           cfg.data.num_workers, cfg.seed)
     passes = cfg.train.backward_passes_per_step
     num_batches = len(train_loader)
+    if num_batches == 0:
+        if rank == 0:
+            print(f"train.py: error: {len(dataset['train'])} training images over {world} workers make no whole "
+                  f"batch of train.batch_size={cfg.train.batch_size}; raise data.train_fraction or lower the batch "
+                  "size", file=sys.stderr)
+        return 2
     # The last step of an epoch takes the passes that are left (num_batches need not divide): nothing is
     # carried into the next epoch.
     steps_per_epoch = math.ceil(num_batches / passes)

@@ -71,6 +71,14 @@ def test_backward_passes_that_do_not_divide_the_epoch(dgc, tmp_path):
         assert all(math.isfinite(h["train_loss"]) for h in history)
 
 
+def test_no_whole_batch_is_an_error_before_training(tmp_path):
+    result = horovodrun(2, train_args(DIGITS, tmp_path / "run", "data.train_fraction=0.01"), check=False)
+    assert result.returncode != 0
+    assert "train.py: error: 14 training images over 2 workers make no whole batch of train.batch_size=32" in (
+        result.stderr + result.stdout)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_compressor_is_one_file_plus_one_config(tmp_path):
     """configs/compression/topk.py selects dgc/compressors/topk.py (exact top-k, error feedback) with nothing else."""
     run = tmp_path / "topk"
