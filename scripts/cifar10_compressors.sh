@@ -29,4 +29,4 @@ for config in configs/compression/*.py; do
   run "$name" "$config" "${extra[@]}"
   dirs+=("$OUT/$name")
 done
-.venv/bin/python scripts/compare.py "${dirs[@]}" --target 50 --output "$OUT/table.md"
+.venv/bin/python scripts/compare.py "${dirs[@]}" --target 50 --plots "$OUT" --output "$OUT/table.md"
