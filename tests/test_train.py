@@ -156,9 +156,11 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
     deadline = time.time() + 120
-    while not (tmp_path / "resumed" / "checkpoints" / "rank1.epoch3.pt").exists():
-        assert time.time() < deadline and launcher.poll() is None, "no checkpoint of epoch 3 appeared"
-        time.sleep(0.1)
+    # Rank files of epoch 4 are written after checkpoint.pt of epoch 3 (a barrier lies between), so once one
+    # exists the main checkpoint names epoch 3 or later.
+    while not (tmp_path / "resumed" / "checkpoints" / "rank1.epoch4.pt").exists():
+        assert time.time() < deadline and launcher.poll() is None, "no checkpoint of epoch 4 appeared"
+        time.sleep(0.02)
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt", weights_only=False)["epoch"]
