@@ -166,8 +166,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
         from dgc.horovod.communicator import HorovodCommunicator
         communicator = HorovodCommunicator()
     base = optimizer.__class__
-    mixin = {k: v for k, v in vars(_DistributedOptimizer).items() if not k.startswith("__")}
-    cls = type(base.__name__, (base, _DistributedOptimizer), {**mixin, "_base_class": base})
+    cls = type(base.__name__, (_DistributedOptimizer, base), {"_base_class": base})
     scheduler_step = optimizer.__dict__.pop("step", None)
     optimizer.__class__ = cls
     cls.step = torch.optim.Optimizer.profile_hook_step(_DistributedOptimizer.step)
