@@ -13,6 +13,8 @@ from dgc.compressors.base import Payload
 class Communicator(Protocol):
     size: int
     """Number of workers whose payloads are combined."""
+    rank: int
+    """This worker's position among them (the order of an allgather's result)."""
 
     def start(self, payload: Payload, name: str) -> Any:
         """Begin the payload's collective ("allreduce": average in place; "allgather": concatenate along

@@ -25,7 +25,7 @@ dirs=("$OUT/baseline")
 for config in configs/compression/*.py; do
   name=$(basename "$config" .py)
   extra=()
-  [ "$name" = signsgd ] && extra=("train.optimizer.lr=0.001")
+  case $name in signsgd|signum) extra=("train.optimizer.lr=0.001");; esac
   run "$name" "$config" "${extra[@]}"
   dirs+=("$OUT/$name")
 done

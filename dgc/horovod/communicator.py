@@ -17,6 +17,10 @@ class HorovodCommunicator:
     def size(self):
         return self.process_set.size()
 
+    @property
+    def rank(self):
+        return self.process_set.rank()
+
     def start(self, payload, name):
         tensor = payload.tensor
         if payload.collective == "allreduce" and tensor.dtype == torch.bfloat16:
