@@ -146,6 +146,9 @@ def check_config(cfg):
         value = cfg.train[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"config key 'train.{key}' must be a positive int, got {value!r}")
+    every = cfg.train.measure_error_every
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"config key 'train.measure_error_every' must be an int >= 0 (0: never), got {every!r}")
 
 
 def train(args, cfg, dataset):
@@ -229,11 +232,14 @@ def train(args, cfg, dataset):
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros(())
         seen = steps = bytes_sent = 0
-        ratio_sum = 0.0
+        sums = {"compression_ratio": 0.0, "compress_s": 0.0, "decompress_s": 0.0}
+        errors, snrs = [], []
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=rank != 0 or None,
                    leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
             exchange.set_epoch(epoch + i / num_batches if cfg.train.compression_warmup_per_step else epoch)
+            every = cfg.train.measure_error_every    # sampled steps also measure the error against dense
+            exchange.measure_error = every > 0 and (epoch * steps_per_epoch + steps + 1) % every == 0
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
@@ -251,9 +257,14 @@ def train(args, cfg, dataset):
             stats = exchange.last_exchange
             steps += 1
             bytes_sent += stats["bytes_sent"]
-            ratio_sum += stats["compression_ratio"]
+            for key in sums:
+                sums[key] += stats[key]
+            if stats["relative_error"] is not None:
+                errors.append(stats["relative_error"])
+            if stats["snr_db"] is not None:
+                snrs.append(stats["snr_db"])
             global_step = epoch * steps_per_epoch + steps
-            if rank == 0 and global_step % cfg.train.log_every == 0:
+            if rank == 0 and (global_step % cfg.train.log_every == 0 or stats["relative_error"] is not None):
                 log.step(global_step, loss.item(), optimizer.param_groups[0]["lr"], stats)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
                                 ratio=f"{stats['compression_ratio']:.4f}", refresh=False)
@@ -263,7 +274,12 @@ def train(args, cfg, dataset):
         result = evaluate(model, test_loader, hvd, channels_last, f"eval.{epoch}")
         record = {"epoch": epoch + 1, "train_loss": train_loss / train_seen, "train_top1": 100 * train_correct / train_seen,
                   **result, "epoch_time_s": time.perf_counter() - started, "images_per_s": train_seen / train_time,
-                  "steps": steps, "bytes_sent": bytes_sent, "compression_ratio": ratio_sum / max(steps, 1),
+                  "steps": steps, "bytes_sent": bytes_sent,
+                  "compression_ratio": sums["compression_ratio"] / max(steps, 1),
+                  "compress_ms": 1000 * sums["compress_s"] / max(steps, 1),
+                  "decompress_ms": 1000 * sums["decompress_s"] / max(steps, 1),
+                  "relative_error": sum(errors) / len(errors) if errors else None,
+                  "snr_db": sum(snrs) / len(snrs) if snrs else None,
                   "lr": optimizer.param_groups[0]["lr"]}
         log.epoch(record)
         if rank == 0:

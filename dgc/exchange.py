@@ -9,9 +9,10 @@ base :class:`~dgc.compressors.Compressor` with no memory. Backends (the Horovod 
 a DDP hook, the in-process communicator) only decide *when* to call :meth:`Exchange.start` and
 :meth:`Exchange.finish`.
 """
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -39,11 +40,13 @@ class _Route:
 
 @dataclass
 class Pending:
-    """An exchange in flight: the communicator's handle, the compressor's context, where the average goes."""
+    """An exchange in flight: the communicator's handle, the compressor's context, where the average goes,
+    and on a measured step the handle of the dense reference average."""
     route: _Route
     handle: Any
     ctx: Any
     out: torch.Tensor
+    reference: Optional[Any] = None
 
 
 class Exchange:
@@ -53,6 +56,9 @@ class Exchange:
     gradient when the memory applies momentum (read from the parameter's group at every step), and such a
     memory follows the optimizer's momentum and Nesterov setting (:meth:`follow_optimizer`).
     ``stats`` accumulates bytes and values sent and compress/decompress seconds until :meth:`collect`.
+    ``measure_error``: while True, every compressed tensor's compensated gradient also goes through a dense
+    fp32 allreduce, so :meth:`collect` reports the relative L2 error and SNR of the decompressed average
+    against the dense average of what was compressed (costly: set it on sampled steps, alike on every rank).
     """
 
     def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None):
@@ -73,6 +79,7 @@ class Exchange:
         self.corrected = {r.param for r in self.routes.values() if r.compressed and self.memory.applies_momentum}
         """Parameters whose momentum and weight decay the memory applied: the optimizer steps them plainly."""
         self.follow_optimizer()
+        self.measure_error = False
         self.stats = self.zero_stats()
         self.last_exchange = {}
         self.dense_bytes = sum(r.param.numel() * 4 for r in self.routes.values())
@@ -85,13 +92,16 @@ class Exchange:
         flat = self._prepare(route, grad)
         started = time.perf_counter()
         compensated = route.memory.compensate(flat, name)
+        reference = self._reference(route, compensated)
         payload, ctx = route.compressor.compress(compensated.view(route.param.shape), name)
         if route.memory.keeps_state and payload.tensor.data_ptr() == compensated.data_ptr():
             payload.tensor = payload.tensor.clone()
         if payload.sent is not None:
             route.memory.update(name, payload.sent)
         self.stats["compress_s"] += time.perf_counter() - started
-        return self._send(route, payload, ctx, grad if out is None else out)
+        pending = self._send(route, payload, ctx, grad if out is None else out)
+        pending.reference = reference
+        return pending
 
     def finish(self, pending):
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
@@ -109,9 +119,27 @@ class Exchange:
                     if payload.sent is not None:
                         p.route.memory.update(p.route.name, payload.sent)
                     next_round.append(self._send(p.route, payload, ctx, p.out))
-                elif decoded.data_ptr() != p.out.data_ptr():
+                    next_round[-1].reference = p.reference
+                    continue
+                if decoded.data_ptr() != p.out.data_ptr():
                     p.out.copy_(decoded.reshape(p.out.shape))
+                if p.reference is not None:
+                    self._measure(p.out, self.communicator.wait(p.reference))
             pending = next_round
+
+    def _reference(self, route, compensated):
+        """On a measured step, start the dense fp32 average of a compressed tensor's ``compensated``
+        gradient (copied before the memory changes it) and return its handle; else None."""
+        if not (self.measure_error and route.compressed):
+            return None
+        dense = compensated.detach().to(torch.float32, copy=True)
+        return self.communicator.start(Payload(dense, "allreduce", 0), f"{route.name}.reference")
+
+    def _measure(self, average, reference):
+        """Accumulate ||average - reference||^2 and ||reference||^2 (as tensors: no host sync until collect)."""
+        reference = reference.reshape(-1).double()
+        self.stats["error_sq"] += (average.reshape(-1).double() - reference).square().sum()
+        self.stats["reference_sq"] += reference.square().sum()
 
     def _prepare(self, route, grad):
         """The flat gradient, checked (a bad value must never enter a residual) and clipped if the memory
@@ -170,18 +198,26 @@ class Exchange:
 
     def collect(self):
         """Close a step's statistics into ``last_exchange`` and return them: bytes and values sent, their
-        ratio to dense fp32, compress and decompress seconds (host time)."""
+        ratio to dense fp32, compress and decompress seconds (host time); on a measured step also
+        ``relative_error`` (||average - dense average|| / ||dense average||, over the compressed tensors) and
+        ``snr_db`` (10 log10 of the dense average's energy over the error's; None when the error is 0), else
+        both None."""
         stats, self.stats = self.stats, self.zero_stats()
+        error_sq, reference_sq = float(stats.pop("error_sq")), float(stats.pop("reference_sq"))
+        measured = reference_sq > 0
         stats.update(dense_bytes=self.dense_bytes,
                      compression_ratio=stats["bytes_sent"] / max(self.dense_bytes, 1),
-                     density=stats["values_sent"] / max(self.dense_values, 1))
+                     density=stats["values_sent"] / max(self.dense_values, 1),
+                     relative_error=math.sqrt(error_sq / reference_sq) if measured else None,
+                     snr_db=10 * math.log10(reference_sq / error_sq) if measured and error_sq > 0 else None)
         self.last_exchange = stats
         return stats
 
     @staticmethod
     def zero_stats():
         """Empty statistics (also what discards the counts of exchanges that are thrown away)."""
-        return {"bytes_sent": 0, "values_sent": 0, "compress_s": 0.0, "decompress_s": 0.0}
+        return {"bytes_sent": 0, "values_sent": 0, "compress_s": 0.0, "decompress_s": 0.0,
+                "error_sq": 0.0, "reference_sq": 0.0}
 
     def state_dict(self):
         """This rank's compressor and memory state (residuals differ per rank: checkpoint each rank's)."""

@@ -121,12 +121,21 @@ def format_ratio(ratio):
     return f"{ratio:.4g}"
 
 
+def format_error(run):
+    """Mean relative L2 error of the compressed average against the dense one, with its SNR: '0.312 (10.1 dB)';
+    '-' for runs that measured none (dense baselines, runs from before the metric)."""
+    error, snr = run.get("mean_relative_error"), run.get("mean_snr_db")
+    if error is None:
+        return "-"
+    return f"{error:.3g}" + ("" if snr is None else f" ({snr:.1f} dB)")
+
+
 def render_table(runs, target):
     """Markdown table (one row per loaded run) with epochs/time to `target` percent test top-1."""
     pct = f"{target:g}%"
     header = ["run", "model", "workers", "epochs", f"epochs to {pct}", f"time to {pct}", "best test top-1",
               "final test top-1", "final train top-1", "mean compression ratio",
-              "grad bytes/step/worker (dense -> sent)", "total bytes sent"]
+              "grad bytes/step/worker (dense -> sent)", "total bytes sent", "relative error (SNR)"]
     rows = []
     for run in runs:
         epoch, seconds = epochs_to_target(run["history"], target)
@@ -137,7 +146,7 @@ def render_table(runs, target):
             format_percent(run["best_test_top1"]), format_percent(run["final_test_top1"]),
             format_percent(run["final_train_top1"]), format_ratio(run["mean_compression_ratio"]),
             f"{format_bytes(run['dense_bytes_per_step'])} -> {format_bytes(run['bytes_per_step'])}",
-            format_bytes(run["total_bytes_sent"]),
+            format_bytes(run["total_bytes_sent"]), format_error(run),
         ])
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     rule = [":" + "-" * (w - 1) if i < 2 else "-" * (w - 1) + ":" for i, w in enumerate(widths)]

@@ -45,7 +45,7 @@ def run_a(tmp_path):
         "best_test_top1": 88.25, "final_test_top1": 87.9, "final_train_top1": 91.5,
         "epochs_to_target": 2, "time_to_target_s": 210.0, "mean_compression_ratio": 0.0021,
         "dense_bytes_per_step": 1078888, "bytes_per_step": 2300.5, "total_bytes_sent": 123456789,
-        "wall_time_s": 335.0,
+        "wall_time_s": 335.0, "mean_relative_error": 0.31234, "mean_snr_db": 10.107,
         "history": _history([60.0, 88.25, 87.9], [55.0, 89.0, 91.5], [100.0, 210.0, 330.0]),
     }, RATIOS_A)
 
@@ -80,12 +80,14 @@ def test_table_exact_values(run_a, run_b, tmp_path, capsys):
         "epochs to 85%": "2", "time to 85%": "3.5 min", "best test top-1": "88.25%",
         "final test top-1": "87.90%", "final train top-1": "91.50%", "mean compression ratio": "0.0021",
         "grad bytes/step/worker (dense -> sent)": "1.08 MB -> 2.3 KB", "total bytes sent": "123 MB",
+        "relative error (SNR)": "0.312 (10.1 dB)",
     }
     assert rows["cifar10.resnet20.baseline.np4"] == {
         "run": "cifar10.resnet20.baseline.np4", "model": "resnet20", "workers": "4", "epochs": "2",
         "epochs to 85%": "not reached", "time to 85%": "not reached", "best test top-1": "72.50%",
         "final test top-1": "72.50%", "final train top-1": "70.12%", "mean compression ratio": "1",
         "grad bytes/step/worker (dense -> sent)": "1.08 MB -> 1.08 MB", "total bytes sent": "2.16 GB",
+        "relative error (SNR)": "-",
     }
 
 

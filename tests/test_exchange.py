@@ -1,12 +1,15 @@
 """The exchange pipeline with N logical workers in one process (dgc.inprocess): routing policy, checks before
 anything is accumulated, several rounds per tensor, statistics, the in-process collectives themselves."""
 import copy
+import math
 
 import pytest
 import torch
 
 from dgc.compressors.base import Compressor, Payload
 from dgc.compressors.dgc import DGCCompressor
+from dgc.compressors.powersgd import PowerSGDCompressor
+from dgc.compressors.topk import TopKCompressor
 from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, ResidualMemory
@@ -172,3 +175,41 @@ def test_inprocess_collectives_are_exact_and_name_a_missing_rank():
         group.run(lonely)
     with pytest.raises(ValueError, match="size=0"):
         InProcessGroup(0)
+
+
+@pytest.mark.parametrize("compressor", [TopKCompressor(compress_ratio=0.1), PowerSGDCompressor(rank=1)],
+                         ids=["topk", "powersgd"])
+def test_measured_step_reports_error_against_the_dense_average(compressor):
+    """On a measured step the exchange also averages each compressed tensor densely and reports the relative
+    L2 error and SNR of the decompressed average against it (over all compressed tensors; the small dense
+    tensor does not count); an unmeasured step sends nothing extra and reports None."""
+    shapes = {"a": (32, 16), "b": (16, 40), "bias": (16,)}
+    grads = [{n: torch.randn(s, generator=torch.Generator().manual_seed(10 * r + i))
+              for i, (n, s) in enumerate(shapes.items())} for r in range(3)]
+    group = InProcessGroup(3)
+
+    def worker(comm):
+        params = [(n, torch.nn.Parameter(torch.zeros(s))) for n, s in shapes.items()]
+        local = copy.deepcopy(compressor)
+        local.min_compress_numel = 100
+        ex = Exchange(params, comm, local, ResidualMemory())
+        results = []
+        for measure in (True, False):
+            ex.measure_error = measure
+            outs = {n: g.clone() for n, g in grads[comm.rank].items()}
+            ex.finish([ex.start(n, outs[n]) for n in shapes])
+            results.append((ex.collect(), outs))
+        return results
+
+    results = group.run(worker)
+    (measured, outs), (plain, _) = results[0]
+    dense = {n: sum(g[n] for g in grads) / 3 for n in ("a", "b")}      # step 1: nothing in the residual yet
+    error = math.sqrt(sum((outs[n] - dense[n]).double().square().sum() for n in dense))
+    norm = math.sqrt(sum(dense[n].double().square().sum() for n in dense))
+    assert measured["relative_error"] == pytest.approx(error / norm, rel=1e-5)
+    assert 0.05 < measured["relative_error"] < 1
+    assert measured["snr_db"] == pytest.approx(-20 * math.log10(measured["relative_error"]))
+    assert plain["relative_error"] is None and plain["snr_db"] is None
+    assert all(r[0][0]["relative_error"] == measured["relative_error"] for r in results)
+    references = sorted(name for _, name, _, _ in group.log if name.endswith(".reference"))
+    assert references == ["a.reference"] * 3 + ["b.reference"] * 3

@@ -40,6 +40,7 @@ def run_plain(*args):
     (["--configs", "configs/cifar/resnet20.py", "data.dataset.root=/nonexistent/cifar"],
      "/nonexistent/cifar.*train/<class>"),
     (["--configs", *DIGITS, "train.batch_size=0"], "train.batch_size.*positive int"),
+    (["--configs", *DIGITS, "train.measure_error_every=-5"], "train.measure_error_every.*int >= 0.*-5"),
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.compression.compress_ratio=2"],
      r"train.py: error: train.compression: DGCCompressor: compress_ratio=2.0 is outside \(0, 1\]"),
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.memory.gradient_clipping=-1.0"],
@@ -125,7 +126,8 @@ def test_cifar10_smoke(dgc, tmp_path):
     configs = ["configs/cifar/resnet20.py"] + (DGC_CIFAR if dgc else [])
     run = tmp_path / "run"
     horovodrun(2, train_args(configs, run, "train.num_epochs=1", "data.train_fraction=0.02",
-                             "data.test_fraction=0.05"))
+                             "data.test_fraction=0.05", "train.log_every=2",
+                             "train.measure_error_every=3"))
     tags = scalars(run)
     for tag in ("train/loss", "train/lr", "comm/compression_ratio", "comm/density", "comm/bytes_sent",
                 "epoch/train_loss", "epoch/train_top1", "epoch/test_loss", "epoch/test_top1",
@@ -136,8 +138,16 @@ def test_cifar10_smoke(dgc, tmp_path):
     if dgc:
         # fp16 values + int32 indices: 6 bytes per value; warm-up epoch 0 keeps 0.001 ** (1/6) of values
         assert 0.2 < metrics["mean_compression_ratio"] < 0.7
+        # steps 3, 6, ... measure the error of the sparse average against the dense one (and are logged)
+        steps = metrics["history"][0]["steps"]
+        assert len(tags["comm/relative_error"]) == len(tags["comm/snr_db"]) == steps // 3 > 0
+        assert len(tags["train/loss"]) == len(set(range(2, steps + 1, 2)) | set(range(3, steps + 1, 3)))
+        assert all(0 < e < 1 for e in tags["comm/relative_error"])
+        assert 0 < metrics["mean_relative_error"] < 1 and metrics["mean_snr_db"] > 0
+        assert metrics["mean_compress_ms"] > 0 and metrics["mean_decompress_ms"] > 0
     else:
         assert metrics["mean_compression_ratio"] == 1.0 and metrics["bytes_per_step"] == metrics["dense_bytes_per_step"]
+        assert "comm/relative_error" not in tags and metrics["mean_relative_error"] is None
     assert (run / "config.txt").is_file() and (run / "checkpoints" / "checkpoint.pt").is_file()
     result = run_plain("train.py", "--configs", *configs, "--run-dir", str(run), "--evaluate",
                        "data.test_fraction=0.05")

@@ -35,8 +35,11 @@ class RunLog:
         self.writer.add_scalar("comm/compression_ratio", exchange["compression_ratio"], global_step)
         self.writer.add_scalar("comm/density", exchange["density"], global_step)
         self.writer.add_scalar("comm/bytes_sent", exchange["bytes_sent"], global_step)
-        self.writer.add_scalar("comm/compress_s", exchange["compress_s"], global_step)
-        self.writer.add_scalar("comm/decompress_s", exchange["decompress_s"], global_step)
+        self.writer.add_scalar("comm/compress_ms", 1000 * exchange["compress_s"], global_step)
+        self.writer.add_scalar("comm/decompress_ms", 1000 * exchange["decompress_s"], global_step)
+        for key in ("relative_error", "snr_db"):
+            if exchange[key] is not None:
+                self.writer.add_scalar(f"comm/{key}", exchange[key], global_step)
 
     def epoch(self, record):
         """Add one finished epoch (1-based ``record['epoch']``), write its scalars and metrics.json."""
@@ -48,8 +51,8 @@ class RunLog:
         if self.writer is None:
             return
         for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "images_per_s",
-                    "lr", "compression_ratio"):
-            if key in record:
+                    "lr", "compression_ratio", "compress_ms", "decompress_ms", "relative_error", "snr_db"):
+            if record.get(key) is not None:
                 self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
         self.writer.add_scalar("epoch/time_s", record["epoch_time_s"], record["epoch"])
         self.writer.add_scalar("epoch/cumulative_bytes_sent", record["cumulative_bytes_sent"], record["epoch"])
@@ -70,6 +73,8 @@ class RunLog:
                 "mean_compression_ratio": (sum(h["compression_ratio"] * h["steps"] for h in hist) / steps
                                            if steps else None),
                 "bytes_per_step": total_bytes / steps if steps else None,
+                **{f"mean_{key}": _mean(hist, key) for key in ("compress_ms", "decompress_ms", "relative_error",
+                                                                "snr_db")},
                 "total_bytes_sent": total_bytes,
                 "wall_time_s": hist[-1]["cumulative_time_s"] if hist else 0.0,
                 "history": hist}
@@ -83,6 +88,13 @@ class RunLog:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def _mean(history, key):
+    """Mean of the epochs' ``key`` (weighted by their steps), over epochs that have it; None if none does."""
+    have = [h for h in history if h.get(key) is not None]
+    steps = sum(h["steps"] for h in have)
+    return sum(h[key] * h["steps"] for h in have) / steps if steps else None
 
 
 def sum_over_workers(hvd, sums, name):

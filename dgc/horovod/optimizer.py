@@ -138,9 +138,10 @@ class DenseStats:
 
     def __init__(self, named_parameters):
         numel = sum(p.numel() for _, p in named_parameters if p.requires_grad)
+        self.measure_error = False
         self.last_exchange = {"bytes_sent": 4 * numel, "values_sent": numel, "compress_s": 0.0,
                               "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": 1.0,
-                              "density": 1.0}
+                              "density": 1.0, "relative_error": None, "snr_db": None}
 
     def set_epoch(self, epoch):
         pass
