@@ -113,7 +113,7 @@ def main(argv=None):
     parser.add_argument("--max-exp", type=int, default=26)
     parser.add_argument("--ratio", type=float, default=0.001)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--family-exps", default="16,20,24", help="matrix sizes (powers of two) for table 2")
+    parser.add_argument("--family-exps", default="16,20,24,26", help="matrix sizes (powers of two) for table 2")
     parser.add_argument("--family-repeats", type=int, default=3)
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -21,6 +21,7 @@ from dgc.compressors.threshold import ThresholdCompressor
 from dgc.compressors.topk import TopKCompressor
 from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
+from dgc.memory import DGCSGDMemory, ResidualMemory
 from training.config import load_configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -195,3 +196,28 @@ def test_threshold_varies_counts_per_worker_without_a_hang(selected):
         assert torch.equal(average, expected)
     sizes = [nbytes for rank, _, _, nbytes in group.log if rank == 0]
     assert sizes == ([4] if max(selected) == 0 else [4, max(selected) * 8])
+
+
+@pytest.mark.parametrize("memory", [None, ResidualMemory, DGCSGDMemory], ids=["none", "residual", "momentum-correction"])
+def test_every_compressor_pairs_with_every_memory(memory):
+    """Any compressor with any memory, two in-process workers, 8 steps: replicas stay identical and finite."""
+    for config in CONFIGS:
+        cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
+        nets = [model() for _ in range(2)]
+
+        def worker(comm):
+            net = nets[comm.rank]
+            opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.002, momentum=0.9),
+                                               named_parameters=net.named_parameters(), communicator=comm,
+                                               compression=cfg.train.compression(),
+                                               memory=memory() if memory else None)
+            torch.manual_seed(comm.rank)
+            for step in range(8):
+                opt.zero_grad()
+                x, y = batch(comm.rank, step)
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+
+        InProcessGroup(2).run(worker)
+        for a, b in zip(*(n.parameters() for n in nets)):
+            assert torch.isfinite(a).all() and torch.equal(a, b), (config, memory)
