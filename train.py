@@ -51,7 +51,8 @@ def run_name(cfg, config_files, world_size):
 
 def build_optimizer(cfg, model, world_size, communicator=None):
     """The configured optimizer, distributed: Horovod's own DistributedOptimizer for the baseline
-    (``train.compression`` None), dgc.horovod's with the configured compressor and memory otherwise. Returns
+    (``train.compression`` None), dgc.horovod's with the configured compressor and memory otherwise (through
+    the fused exchange with ``train.fuse_exchange``). Returns
     it with its exchange statistics (``set_epoch``, ``last_exchange``, ``state_dict``)."""
     import horovod.torch as hvd
 
@@ -65,6 +66,9 @@ def build_optimizer(cfg, model, world_size, communicator=None):
                                              compression=hvd.Compression.none, backward_passes_per_step=passes)
         return optimizer, dgc_hvd.DenseStats(model.named_parameters())
     memory = cfg.train.memory() if cfg.train.memory is not None else None
+    if cfg.train.fuse_exchange:
+        from dgc.fused import FusedCommunicator
+        communicator = FusedCommunicator(communicator or dgc_hvd.HorovodCommunicator())
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                              compression=cfg.train.compression(), memory=memory,
                                              backward_passes_per_step=passes, communicator=communicator)

@@ -159,6 +159,7 @@ class Exchange:
     def _send(self, route, payload, ctx, out):
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
         self.stats["values_sent"] += payload.num_values
+        self.stats["collectives"] += 1
         return Pending(route, self.communicator.start(payload, route.name), ctx, out)
 
     def follow_optimizer(self):
@@ -198,7 +199,8 @@ class Exchange:
 
     def collect(self):
         """Close a step's statistics into ``last_exchange`` and return them: bytes and values sent, their
-        ratio to dense fp32, compress and decompress seconds (host time); on a measured step also
+        ratio to dense fp32, payloads started (collectives before any fusion), compress and decompress
+        seconds (host time); on a measured step also
         ``relative_error`` (||average - dense average|| / ||dense average||, over the compressed tensors) and
         ``snr_db`` (10 log10 of the dense average's energy over the error's; None when the error is 0), else
         both None."""
@@ -216,7 +218,7 @@ class Exchange:
     @staticmethod
     def zero_stats():
         """Empty statistics (also what discards the counts of exchanges that are thrown away)."""
-        return {"bytes_sent": 0, "values_sent": 0, "compress_s": 0.0, "decompress_s": 0.0,
+        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "compress_s": 0.0, "decompress_s": 0.0,
                 "error_sq": 0.0, "reference_sq": 0.0}
 
     def state_dict(self):

@@ -1,0 +1,333 @@
+"""Training speed over shaped links: N Horovod workers in their own network namespaces, joined by veth links
+to a bridge, each link shaped to a rate with tc (tbf), as if on N hosts; seconds per step of each exchange
+method against the compute-only limit, in one run.
+
+Usage (root: namespaces, veth and tc need it):
+  .venv/bin/python scripts/bench_network.py [--workers 2,4] [--rates 10mbit,100mbit,1gbit,none]
+      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused] [--steps MODEL=N,...]
+
+Workers start exactly as on separate hosts (Gloo, a rendezvous server in the root namespace, no ssh); each
+gets its own UTS namespace whose hostname is its address, because Horovod 0.28's Gloo context resolves
+gethostname() (127.0.0.1 here) instead of honouring HOROVOD_GLOO_IFACE. Namespaces, links and worker
+processes are always removed: on success, on failure and on Ctrl-C (also left-overs of a killed run, at
+start). tbf limits the rate only: netem (delay) is not available on this kernel, so latency is not added;
+the table counts collectives per step so the cost of a given per-collective latency can be worked out.
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PREFIX = "dgcnet"
+SUBNET = "10.77.0"
+BRIDGE_IP = f"{SUBNET}.1"
+IFACE = "dgceth"                      # each worker namespace's link, the same name in every namespace
+METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused")
+LABELS = {"limit": "compute only", "dense": "dense fp32 (Horovod)", "fp16": "fp16 (Horovod)",
+          "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused"}
+DEFAULT_STEPS = {"tiny": 3, "resnet20": 8, "vgg16": 3}
+"""Timed steps per cell (after one warm-up step): dense VGG-16 at 10 Mbit/s takes about 50 s a step."""
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def namespaces():
+    """Our namespaces that exist now (also a killed run's)."""
+    listed = sh("ip", "netns", "list", check=False).stdout.split()
+    return sorted(name for name in listed if name.startswith(PREFIX))
+
+
+def links():
+    """Our links in the root namespace that exist now."""
+    out = sh("ip", "-o", "link", "show", check=False).stdout
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+                  if line.split(":")[1].strip().startswith(PREFIX))
+
+
+def teardown():
+    """Kill every process in our namespaces, delete the namespaces (their veth ends go with them) and the
+    bridge and veths in the root namespace. Safe to call at any time, any number of times."""
+    for ns in namespaces():
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sh("ip", "netns", "del", ns, check=False)
+    for link in links():
+        sh("ip", "link", "del", link, check=False)
+
+
+class Topology:
+    """``hosts`` namespaces ``dgcnet0..`` with addresses 10.77.0.10.., each linked by a veth pair to the bridge
+    ``dgcnetbr`` (10.77.0.1, where the rendezvous server listens). :meth:`shape` sets every link's rate."""
+
+    def __init__(self, hosts):
+        self.hosts = hosts
+        self.addresses = [f"{SUBNET}.{10 + i}" for i in range(hosts)]
+
+    def __enter__(self):
+        teardown()
+        try:
+            bridge = f"{PREFIX}br"
+            sh("ip", "link", "add", bridge, "type", "bridge")
+            sh("ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", bridge)
+            sh("ip", "link", "set", bridge, "up")
+            for i, address in enumerate(self.addresses):
+                ns, outer, inner = f"{PREFIX}{i}", f"{PREFIX}v{i}", f"{PREFIX}p{i}"
+                sh("ip", "netns", "add", ns)
+                sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+                sh("ip", "link", "set", inner, "netns", ns)
+                sh("ip", "link", "set", outer, "master", bridge, "up")
+                sh("ip", "-n", ns, "link", "set", inner, "name", IFACE)
+                sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", IFACE)
+                sh("ip", "-n", ns, "link", "set", IFACE, "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        teardown()
+
+    def shape(self, rate):
+        """Limit both directions of every worker's link to ``rate`` (tc syntax, e.g. 100mbit), or remove the
+        limit (``none``)."""
+        for i in range(self.hosts):
+            for ns, dev in ((None, f"{PREFIX}v{i}"), (f"{PREFIX}{i}", IFACE)):
+                prefix = ("ip", "netns", "exec", ns) if ns else ()
+                if rate == "none":
+                    sh(*prefix, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+                else:
+                    sh(*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                       "burst", "256kb", "latency", "50ms")
+
+
+def launch(topology, ranks_per_host, worker_args, timeout):
+    """Run this script's worker mode on every slot (``ranks_per_host`` per namespace) as Horovod would on
+    separate hosts; return rank 0's JSON result. Any failure or timeout kills every worker."""
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+    from horovod.runner.gloo_run import create_run_env_vars, create_slot_env_vars
+    from horovod.runner.http.http_server import RendezvousServer
+
+    size = topology.hosts * ranks_per_host
+    server = RendezvousServer()
+    port = server.start()
+    plan = get_host_assignments(parse_hosts(",".join(f"{a}:{ranks_per_host}" for a in topology.addresses)), size)
+    server.init(plan)
+    procs = []
+    try:
+        for slot in plan:
+            env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                       **{k: str(v) for k, v in create_run_env_vars(BRIDGE_IP, [IFACE], port).items()},
+                       **create_slot_env_vars(slot))
+            ns = f"{PREFIX}{topology.addresses.index(slot.hostname)}"
+            command = ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
+                       f'hostname {slot.hostname} && exec "$@"', "sh", sys.executable, __file__, "--worker",
+                       json.dumps(worker_args)]
+            procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        outputs = []
+        for proc in procs:
+            try:
+                outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"bench_network.py: a worker ran past {timeout} s ({worker_args})")
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench_network.py: worker failed ({worker_args}):\n{outputs[-1][1][-3000:]}")
+        return json.loads(outputs[0][0].strip().splitlines()[-1])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        server.stop()
+
+
+def build_model(name):
+    import torch
+
+    from models import DigitsNet, resnet20, vgg16
+    torch.manual_seed(0)
+    if name == "tiny":
+        return DigitsNet(), (1, 8, 8)
+    return {"resnet20": resnet20, "vgg16": vgg16}[name](), (3, 32, 32)
+
+
+def worker(args):
+    """One rank: ``warmup`` + ``steps`` training steps of ``model`` on a fixed random batch with ``method``;
+    rank 0 prints its per-step seconds, bytes and collectives as one JSON line."""
+    import horovod.torch as hvd
+    import torch
+
+    import dgc.horovod as dgc_hvd
+    from dgc.compressors.dgc import DGCCompressor
+    from dgc.compressors.powersgd import PowerSGDCompressor
+    from dgc.memory import DGCSGDMemory, ResidualMemory
+
+    torch.set_num_threads(1)
+    hvd.init()
+    model, shape = build_model(args["model"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    method = args["method"]
+    named = list(model.named_parameters())
+    numel = sum(p.numel() for _, p in named)
+    stats = None
+    if method in ("dense", "fp16"):
+        compression = hvd.Compression.fp16 if method == "fp16" else hvd.Compression.none
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compression)
+        bytes_per_step, collectives = numel * (2 if method == "fp16" else 4), len(named)
+    elif method in ("powersgd", "dgc", "dgc_fused"):
+        if method == "powersgd":
+            compressor, memory = PowerSGDCompressor(rank=4), ResidualMemory()
+        else:
+            compressor = DGCCompressor(0.001, fp16_values=True, int32_indices=True)
+            memory = DGCSGDMemory(gradient_clipping=5.0)
+        communicator = None
+        if method == "dgc_fused":
+            from dgc.fused import FusedCommunicator
+            from dgc.horovod import HorovodCommunicator
+            communicator = FusedCommunicator(HorovodCommunicator())
+        optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compressor,
+                                                 memory=memory, communicator=communicator)
+        stats = optimizer.exchange
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    gen = torch.Generator().manual_seed(hvd.rank())
+    x, y = torch.randn(args["batch"], *shape, generator=gen), torch.randint(10, (args["batch"],), generator=gen)
+    times = []
+    for _ in range(1 + args["steps"]):
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    if stats is not None:
+        bytes_per_step, collectives = stats.last_exchange["bytes_sent"], stats.last_exchange["collectives"]
+    if method == "dgc_fused":
+        collectives = stats.communicator.collectives / len(times)
+    if method == "limit":
+        bytes_per_step = collectives = 0
+    hvd.barrier()
+    if hvd.rank() == 0:
+        print(json.dumps({"seconds": statistics.median(times[1:]), "bytes": bytes_per_step,
+                          "collectives": collectives, "size": hvd.size()}), flush=True)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="2", help="comma-separated worker counts, one namespace each")
+    parser.add_argument("--ranks-per-host", type=int, default=1, help="ranks sharing one namespace (a host)")
+    parser.add_argument("--rates", default="10mbit,100mbit,1gbit,none", help="tc rates of every link; none: unshaped")
+    parser.add_argument("--models", default="resnet20,vgg16")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--batch", type=int, default=128, help="images per worker and step")
+    parser.add_argument("--steps", default="", help="timed steps per cell as MODEL=N,... (default "
+                        + ",".join(f"{k}={v}" for k, v in DEFAULT_STEPS.items()) + ")")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds a cell may take before it fails")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return args
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.rates, args.models = args.rates.split(","), args.models.split(",")
+    args.methods = args.methods.split(",")
+    steps = dict(DEFAULT_STEPS)
+    for item in filter(None, args.steps.split(",")):
+        model, _, count = item.partition("=")
+        steps[model] = int(count)
+    args.steps = steps
+    for value, allowed, what in ((args.models, DEFAULT_STEPS, "model"), (args.methods, METHODS, "method")):
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            parser.error(f"unknown {what} {bad[0]!r}; expected one of {', '.join(allowed)}")
+    if any(w < 1 for w in args.workers) or args.ranks_per_host < 1:
+        parser.error(f"--workers {args.workers} and --ranks-per-host {args.ranks_per_host} must be >= 1")
+    return args
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
+    if os.geteuid() != 0:
+        print("bench_network.py: error: needs root (it creates network namespaces, veth links and tc qdiscs); "
+              "run it as root or with sudo", file=sys.stderr)
+        return 2
+    missing = [tool for tool in ("ip", "tc", "unshare") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench_network.py: error: {', '.join(missing)} not found (iproute2 and util-linux are needed)",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"# bench_network.py {' '.join(argv if argv is not None else sys.argv[1:])}; {os.cpu_count()} CPUs; "
+          f"batch {args.batch} per worker; one torch thread per worker; median seconds per step after one "
+          f"warm-up step; timed steps {args.steps}", flush=True)
+    rows = []
+    for size in args.workers:
+        hosts = -(-size // args.ranks_per_host)
+        with Topology(hosts) as topology:
+            for model in args.models:
+                limit = None
+                for rate in args.rates:
+                    topology.shape(rate)
+                    cells = {}
+                    for method in args.methods:
+                        if method == "limit" and limit is not None:
+                            cells[method] = limit
+                            continue
+                        cells[method] = launch(topology, args.ranks_per_host,
+                                               {"model": model, "method": method, "batch": args.batch,
+                                                "steps": args.steps[model]}, args.timeout)
+                        if method == "limit":
+                            limit = cells[method]
+                        r = cells[method]
+                        print(f"  N={size} {model} {rate} {method}: {r['seconds']:.3f} s/step, "
+                              f"{r['bytes']} B, {r['collectives']} collectives", flush=True)
+                    rows.append((size, model, rate, cells))
+    print_tables(rows, args)
+    return 0
+
+
+def print_tables(rows, args):
+    methods = [m for m in args.methods]
+    print("\n| N | model | link | " + " | ".join(f"{LABELS[m]} s/step" for m in methods)
+          + " | dense / DGC | DGC / limit | fp16 / DGC |")
+    print("| ---: | :--- | :--- | " + " | ".join("---:" for _ in methods) + " | ---: | ---: | ---: |")
+    for size, model, rate, cells in rows:
+        s = {m: c["seconds"] for m, c in cells.items()}
+        print(f"| {size} | {model} | {rate} | " + " | ".join(f"{s[m]:.3f}" for m in methods)
+              + f" | {ratio(s.get('dense'), s.get('dgc'))} | {ratio(s.get('dgc'), s.get('limit'))} | "
+              f"{ratio(s.get('fp16'), s.get('dgc'))} |")
+    print("\n| N | model | link | method | images/s | bytes per step per worker | collectives per step |")
+    print("| ---: | :--- | :--- | :--- | ---: | ---: | ---: |")
+    for size, model, rate, cells in rows:
+        for m in methods:
+            c = cells[m]
+            print(f"| {size} | {model} | {rate} | {LABELS[m]} | {c['size'] * args.batch / c['seconds']:.0f} | "
+                  f"{c['bytes']} | {c['collectives']} |")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        if os.geteuid() == 0 and "--worker" not in sys.argv:
+            teardown()
