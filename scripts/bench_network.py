@@ -253,6 +253,8 @@ def parse_args(argv):
         bad = [v for v in value if v not in allowed]
         if bad:
             parser.error(f"unknown {what} {bad[0]!r}; expected one of {', '.join(allowed)}")
+    if args.batch < 1:
+        parser.error(f"--batch {args.batch} must be >= 1 (images per worker and step)")
     if any(w < 1 for w in args.workers) or args.ranks_per_host < 1:
         parser.error(f"--workers {args.workers} and --ranks-per-host {args.ranks_per_host} must be >= 1")
     return args
