@@ -66,12 +66,14 @@ def build_optimizer(cfg, model, world_size, communicator=None):
                                              compression=hvd.Compression.none, backward_passes_per_step=passes)
         return optimizer, dgc_hvd.DenseStats(model.named_parameters())
     memory = cfg.train.memory() if cfg.train.memory is not None else None
+    dense = cfg.train.dense_compression() if cfg.train.dense_compression is not None else None
     if cfg.train.fuse_exchange:
         from dgc.fused import FusedCommunicator
         communicator = FusedCommunicator(communicator or dgc_hvd.HorovodCommunicator())
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                              compression=cfg.train.compression(), memory=memory,
-                                             backward_passes_per_step=passes, communicator=communicator)
+                                             backward_passes_per_step=passes, communicator=communicator,
+                                             dense_compression=dense)
     return optimizer, optimizer.exchange
 
 
@@ -83,7 +85,7 @@ def check_training_setup(cfg):
 
     if cfg.train.compression is None:
         return
-    for key in ("compression", "memory"):
+    for key in ("compression", "memory", "dense_compression"):
         try:
             if cfg.train[key] is not None:
                 cfg.train[key]()

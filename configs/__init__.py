@@ -22,6 +22,7 @@ configs.train.optimizer = Config(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov
 configs.train.scheduler = Config(cosine_with_warmup, warmup_epochs=0)
 configs.train.compression = None        # None: Horovod's own dense allreduce (the baseline); else a compressor
 configs.train.memory = None             # what a compressor does not send (None: dropped; configs/dgc: DGCSGDMemory)
+configs.train.dense_compression = None  # tensors too small to compress: None dense fp32, or e.g. FP16Compressor
 configs.train.fuse_exchange = False     # True: one collective per step and kind for all tensors (dgc/fused.py)
 configs.train.compression_warmup_per_step = False   # DGC warm-up ratio updated per step instead of per epoch
 configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs and time to reach it

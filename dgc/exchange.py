@@ -5,9 +5,9 @@ that talks to the collective library).
     finish: communicator.wait -> compressor.decompress (-> another round, for multi-round compressors)
 
 Which tensors are compressed is decided here, once (:func:`is_compressible`); the rest go dense through the
-base :class:`~dgc.compressors.Compressor` with no memory. Backends (the Horovod ``DistributedOptimizer``,
-a DDP hook, the in-process communicator) only decide *when* to call :meth:`Exchange.start` and
-:meth:`Exchange.finish`.
+base :class:`~dgc.compressors.Compressor` (or a given dense compressor, e.g. fp16) with no memory. Backends
+(the Horovod ``DistributedOptimizer``, a DDP hook, the in-process communicator) only decide *when* to call
+:meth:`Exchange.start` and :meth:`Exchange.finish`.
 """
 import math
 import time
@@ -52,6 +52,7 @@ class Pending:
 class Exchange:
     """Exchanges the gradients of ``named_parameters`` (trained ones, same order and names on every rank).
 
+    Tensors that are not compressible go through ``dense_compressor`` (default: dense fp32) without memory.
     ``optimizer`` (optional) supplies live hyper-parameters: weight decay is folded into a compressed
     gradient when the memory applies momentum (read from the parameter's group at every step), and such a
     memory follows the optimizer's momentum and Nesterov setting (:meth:`follow_optimizer`).
@@ -61,7 +62,8 @@ class Exchange:
     against the dense average of what was compressed (costly: set it on sampled steps, alike on every rank).
     """
 
-    def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None):
+    def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None,
+                 dense_compressor=None):
         self.communicator = communicator
         self.compressor = compressor if compressor is not None else Compressor()
         self.memory = memory if memory is not None else Memory()
@@ -69,7 +71,7 @@ class Exchange:
         group_of = {}
         if optimizer is not None:
             group_of = {p: i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
-        dense = (Compressor(), Memory())
+        dense = (dense_compressor if dense_compressor is not None else Compressor(), Memory())
         self.routes = {}
         for name, p in named_parameters:
             compressed = is_compressible(p, self.compressor)

@@ -226,3 +226,25 @@ def test_num_selects_is_at_least_one_and_at_most_numel():
     assert c.num_selects(1) == 1 and c.num_selects(500) == 1 and c.num_selects(10**7) == 10_000
     assert DGCCompressor(compress_ratio=1.0).num_selects(37) == 37
     assert math.isclose(c.compress_ratio, 0.001)
+
+
+def test_compact_config_sends_resnet20_in_under_4_kb_per_step():
+    """configs/dgc/compact.py after warm-up: fp16 values, 16-bit block-offset indices, fp16 dense tensors, and
+    every weight of 256+ elements sparsified: ResNet-20 (0.27M parameters) exchanges at most 4 KB per worker
+    and step (configs/dgc/fp16.py + int32.py: 11.4 KB)."""
+    import train
+    from dgc.inprocess import InProcessGroup
+    from training.config import load_configs
+
+    sent = {}
+    for name, extra in (("int32", ["configs/dgc/fp16.py", "configs/dgc/int32.py"]), ("compact", ["configs/dgc/compact.py"])):
+        cfg = load_configs(["configs/cifar/resnet20.py", "configs/dgc/__init__.py", *extra], root="configs")
+        model = cfg.model()
+        optimizer, exchange = train.build_optimizer(cfg, model, 1, InProcessGroup(1).communicator(0))
+        exchange.set_epoch(100)
+        torch.manual_seed(0)
+        out = model(torch.randn(8, 3, 32, 32))
+        torch.nn.functional.cross_entropy(out, torch.randint(10, (8,))).backward()
+        optimizer.step()
+        sent[name] = exchange.last_exchange["bytes_sent"]
+    assert sent["compact"] <= 4096 < 11_000 < sent["int32"], sent

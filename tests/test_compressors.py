@@ -29,10 +29,14 @@ CONFIGS = sorted(p.name for p in (ROOT / "configs" / "compression").glob("*.py")
 ROWS, COLS = 64, 32          # the compressed weight of the test model: 2048 elements
 
 
-def pair_bytes(pairs, k):
-    """k (value, index) pairs: fp32, fp16 or int8 values (int8 with a float32 scale), int64 or int32 indices."""
+def pair_bytes(pairs, k, numel):
+    """k (value, index) pairs: fp32, fp16 or int8 values (int8 with a float32 scale); int64, int32 or compact
+    indices (16-bit offsets plus an int32 count per 2^16-element block when there is more than one)."""
     value_bytes = {None: 4, torch.float16: 2, torch.int8: 1}[pairs.value_dtype]
-    return k * (value_bytes + pairs.index_dtype.itemsize) + (4 if pairs.value_dtype == torch.int8 else 0)
+    index_bytes = {torch.int64: 8, torch.int32: 4, torch.int16: 2}[pairs.index_dtype]
+    blocks = -(-numel // 2 ** 16)
+    counts = 4 * blocks if pairs.index_dtype == torch.int16 and blocks > 1 else 0
+    return k * (value_bytes + index_bytes) + (4 if pairs.value_dtype == torch.int8 else 0) + counts
 
 
 def wire_bytes(compressor, shape=(ROWS, COLS), tensor="0.weight"):
@@ -42,9 +46,9 @@ def wire_bytes(compressor, shape=(ROWS, COLS), tensor="0.weight"):
     if name == "Compressor":
         return numel * 4
     if name in ("TopKCompressor", "DGCCompressor"):
-        return pair_bytes(compressor.pairs, max(1, round(numel * compressor.compress_ratio)))
+        return pair_bytes(compressor.pairs, max(1, round(numel * compressor.compress_ratio)), numel)
     if name == "ThresholdCompressor":
-        return 4 + pair_bytes(compressor.pairs, max(compressor.counts[tensor]))
+        return 4 + pair_bytes(compressor.pairs, max(compressor.counts[tensor]), numel)
     if name == "RandomKCompressor":
         return max(1, round(numel * compressor.compress_ratio)) * 4
     if name == "QSGDCompressor":
@@ -221,3 +225,34 @@ def test_every_compressor_pairs_with_every_memory(memory):
         InProcessGroup(2).run(worker)
         for a, b in zip(*(n.parameters() for n in nets)):
             assert torch.isfinite(a).all() and torch.equal(a, b), (config, memory)
+
+
+@pytest.mark.parametrize("numel", [5000, 2 ** 16, 300_000], ids=["one-block", "exactly-one-block", "five-blocks"])
+@pytest.mark.parametrize("values", ["fp32", "fp16", "int8"])
+def test_compact_indices_decode_exactly_what_int64_indices_do(numel, values):
+    """16-bit offsets with per-block counts carry the same pairs as int64 indices, in 2k + 4 blocks bytes (no
+    counts for one block); offsets of 2^15 and above (negative as int16) and the last element included."""
+    flat = torch.randn(numel, generator=torch.Generator().manual_seed(numel))
+    flat[[i for i in (0, 2 ** 15, 2 ** 16 - 1, numel - 1) if i < numel]] = 100.0
+    kwargs = {"fp16_values": values == "fp16", "int8_values": values == "int8"}
+    results, sizes = [], []
+    for compact in (False, True):
+        compressor = TopKCompressor(compress_ratio=0.01, compact_indices=compact, **kwargs)
+        group = InProcessGroup(2)
+
+        def worker(comm):
+            x = flat if comm.rank == 0 else flat.flip(0)
+            payload, ctx = compressor.compress(x.clone(), "w")
+            result = comm.wait(comm.start(payload, "w"))
+            return compressor.decompress(result, ctx), payload.tensor.numel(), payload.sent
+
+        (average, size, sent), _ = group.run(worker)
+        results.append((average, sent))
+        sizes.append(size)
+    assert torch.equal(results[0][0], results[1][0])
+    order = results[0][1].indices.argsort()
+    assert torch.equal(results[0][1].indices[order], results[1][1].indices)
+    assert torch.equal(results[0][1].values[order], results[1][1].values)
+    k = round(numel * 0.01)
+    blocks = -(-numel // 2 ** 16)
+    assert sizes[0] - sizes[1] == 6 * k - (4 * blocks if blocks > 1 else 0)

@@ -213,3 +213,23 @@ def test_measured_step_reports_error_against_the_dense_average(compressor):
     assert all(r[0][0]["relative_error"] == measured["relative_error"] for r in results)
     references = sorted(name for _, name, _, _ in group.log if name.endswith(".reference"))
     assert references == ["a.reference"] * 3 + ["b.reference"] * 3
+
+
+def test_dense_compressor_carries_the_small_tensors():
+    """With dense_compressor=FP16Compressor the tensors too small to compress travel as fp16 (2 bytes per value),
+    averaged from the fp16 values, and keep no memory; compressed tensors are unaffected."""
+    from dgc.compressors.fp16 import FP16Compressor
+    grads = [{"bias": torch.randn(100, generator=torch.Generator().manual_seed(r)) / 3,
+              "w": torch.randn(64, 32, generator=torch.Generator().manual_seed(10 + r))} for r in range(2)]
+
+    def worker(comm):
+        params = [(n, torch.nn.Parameter(torch.zeros_like(g))) for n, g in grads[0].items()]
+        ex = Exchange(params, comm, TopKCompressor(compress_ratio=0.01), ResidualMemory(), dense_compressor=FP16Compressor())
+        outs = {n: g.clone() for n, g in grads[comm.rank].items()}
+        ex.finish([ex.start(n, outs[n]) for n in outs])
+        return outs["bias"], ex.collect()["bytes_sent"], ex.routes["bias"].memory.keeps_state
+
+    for bias, sent, keeps in InProcessGroup(2).run(worker):
+        expected = sum(g["bias"].half().float() for g in grads) / 2
+        assert torch.equal(bias, expected.half().float()) and not keeps
+        assert sent == 100 * 2 + round(64 * 32 * 0.01) * 12

@@ -27,8 +27,9 @@ class DGCCompressor(SparseCompressor):
     def __init__(self, compress_ratio=0.001, memory=None, sample_ratio=0.01, strided_sample=True,
                  compress_upper_bound=1.3, compress_lower_bound=0.8, max_adaptation_iters=10,
                  resample=True, fp16_values=False, int32_indices=False, warmup_epochs=-1,
-                 warmup_coeff=None, min_compress_numel=1024, min_sample_topk=8):
-        super().__init__(compress_ratio, fp16_values, int32_indices, min_compress_numel)
+                 warmup_coeff=None, min_compress_numel=1024, min_sample_topk=8, compact_indices=False):
+        super().__init__(compress_ratio, fp16_values, int32_indices, min_compress_numel,
+                         compact_indices=compact_indices)
         check_fraction("DGCCompressor", "sample_ratio", sample_ratio,
                        "the fraction of elements sampled for the threshold")
         for what, value in (("compress_upper_bound", compress_upper_bound), ("compress_lower_bound", compress_lower_bound),

@@ -22,12 +22,12 @@ class SparseCompressor(Compressor):
     implement :meth:`select`."""
 
     def __init__(self, compress_ratio=0.001, fp16_values=False, int32_indices=False, min_compress_numel=1024,
-                 int8_values=False):
+                 int8_values=False, compact_indices=False):
         owner = type(self).__name__
         check_fraction(owner, "compress_ratio", compress_ratio, "the fraction of gradient values sent per step")
         self.min_compress_numel = check_min_numel(owner, min_compress_numel)
         self.compress_ratio = float(compress_ratio)
-        self.pairs = Pairs(owner, fp16_values, int8_values, int32_indices)
+        self.pairs = Pairs(owner, fp16_values, int8_values, int32_indices, compact_indices)
 
     def num_selects(self, numel):
         """k: how many values a tensor of ``numel`` elements sends at the current ratio (at least one)."""
@@ -42,12 +42,12 @@ class SparseCompressor(Compressor):
         self.pairs.check_addressable(flat, name)
         k = self.num_selects(flat.numel())
         indices = self.select(flat, k)
-        packed, sent = self.pairs.encode(flat[indices], indices, k)
+        packed, sent = self.pairs.encode(flat[indices], indices, k, flat.numel())
         return Payload(packed, "allgather", k, sent), _Ctx(k, tensor.numel(), tensor.dtype)
 
     def decompress(self, result, ctx, out=None):
         total = accumulator(ctx.numel, ctx.dtype, result.device, out)
-        rows = result.view(-1, self.pairs.nbytes(ctx.k, ctx.dtype))
+        rows = result.view(-1, self.pairs.nbytes(ctx.k, ctx.dtype, ctx.numel))
         self.pairs.add(total, rows, [ctx.k] * rows.shape[0], ctx.dtype)
         return total.div_(rows.shape[0])
 
@@ -59,37 +59,49 @@ class SparseCompressor(Compressor):
 
 
 class Pairs:
-    """The wire encoding of up to ``capacity`` (value, index) pairs: values, then indices, in one uint8 row.
+    """The wire encoding of up to ``capacity`` (value, index) pairs of an n-element tensor, in one uint8 row:
+    [scale] values [block counts] indices.
 
     Values go as the gradient's dtype, as fp16 (``fp16_values``: clamped to fp16's range) or as int8 with
-    one float32 scale max|v|/127 in front (``int8_values``: rounded to nearest); indices as int64 or int32
-    (``int32_indices``). ``encode`` also returns what the receivers will decode (a :class:`Sparse`), so an
-    error-feedback memory keeps exactly what the encoding lost. Rows shorter than ``capacity`` are padded;
-    receivers decode only each worker's own count."""
+    one float32 scale max|v|/127 in front (``int8_values``: rounded to nearest). Indices go as int64, int32
+    (``int32_indices``) or, with ``compact_indices``, sorted and as 16-bit offsets within blocks of 2^16
+    elements, preceded by each block's count as int32 (none for n <= 2^16): 2 bytes per index plus
+    4 ceil(n / 2^16) bytes. Every size depends only on capacity and n, so it is known before the collective.
+    ``encode`` also returns what the receivers will decode (a :class:`Sparse`), so an error-feedback memory
+    keeps exactly what the encoding lost. Rows shorter than ``capacity`` are padded; receivers decode only
+    each worker's own count."""
 
-    def __init__(self, owner, fp16_values=False, int8_values=False, int32_indices=False):
+    BLOCK = 2 ** 16
+
+    def __init__(self, owner, fp16_values=False, int8_values=False, int32_indices=False, compact_indices=False):
         if fp16_values and int8_values:
             raise ValueError(f"{owner}: fp16_values=True and int8_values=True; choose one value encoding")
         self.owner = owner
         self.value_dtype = torch.float16 if fp16_values else torch.int8 if int8_values else None
-        self.index_dtype = torch.int32 if int32_indices else torch.int64
+        self.index_dtype = torch.int16 if compact_indices else torch.int32 if int32_indices else torch.int64
 
-    def header_bytes(self):
-        return 4 if self.value_dtype == torch.int8 else 0
+    def _blocks(self, numel):
+        """How many per-block counts the row carries (compact indices over more than one block), else 0."""
+        blocks = -(-numel // self.BLOCK)
+        return blocks if self.index_dtype == torch.int16 and blocks > 1 else 0
 
-    def nbytes(self, capacity, dtype):
-        """Bytes of one row of ``capacity`` pairs for a gradient of ``dtype``."""
-        value_size = (self.value_dtype or dtype).itemsize
-        return self.header_bytes() + capacity * (value_size + self.index_dtype.itemsize)
+    def _layout(self, capacity, dtype, numel):
+        """Byte sizes of the row's segments: scale, values, block counts, indices."""
+        return (4 if self.value_dtype == torch.int8 else 0, capacity * (self.value_dtype or dtype).itemsize,
+                4 * self._blocks(numel), capacity * self.index_dtype.itemsize)
+
+    def nbytes(self, capacity, dtype, numel):
+        """Bytes of one row of ``capacity`` pairs for an ``numel``-element gradient of ``dtype``."""
+        return sum(self._layout(capacity, dtype, numel))
 
     def check_addressable(self, flat, name):
         if self.index_dtype == torch.int32 and flat.numel() >= 2 ** 31:
             raise ValueError(f"{self.owner}: int32_indices cannot address {name!r} "
                              f"({flat.numel()} >= 2^31 elements)")
 
-    def encode(self, values, indices, capacity):
-        """``(row, sent)``: the uint8 row for ``values`` at distinct ``indices`` padded to ``capacity``
-        pairs, and the pairs as receivers decode them."""
+    def encode(self, values, indices, capacity, numel):
+        """``(row, sent)``: the uint8 row for ``values`` at distinct ``indices`` (of a ``numel``-element
+        tensor) padded to ``capacity`` pairs, and the pairs as receivers decode them."""
         header = values.new_empty(0, dtype=torch.uint8)
         if self.value_dtype == torch.int8:
             scale = (values.abs().max() if values.numel() else values.new_zeros(())).float() / 127
@@ -102,10 +114,21 @@ class Pairs:
             decoded = wire.to(values.dtype)
         else:
             wire = decoded = values
+        counts = header[:0]
+        if self.index_dtype == torch.int16:
+            indices, order = indices.sort()
+            wire, decoded = wire[order], decoded[order]
+            if self._blocks(numel):
+                counts = torch.bincount(indices // self.BLOCK, minlength=self._blocks(numel)).to(torch.int32)
+                counts = counts.view(torch.uint8)
+            offsets = indices % self.BLOCK                    # as int16: 2^15.. become negative; add() masks
+            wire_indices = torch.where(offsets >= 2 ** 15, offsets - self.BLOCK, offsets).to(torch.int16)
+        else:
+            wire_indices = indices.to(self.index_dtype)
         pad = capacity - values.numel()
         wire = torch.cat([wire, wire.new_zeros(pad)])
-        wire_indices = torch.cat([indices, indices.new_zeros(pad)]).to(self.index_dtype)
-        row = torch.cat([header, wire.view(torch.uint8), wire_indices.view(torch.uint8)])
+        wire_indices = torch.cat([wire_indices, wire_indices.new_zeros(pad)])
+        row = torch.cat([header, wire.view(torch.uint8), counts, wire_indices.view(torch.uint8)])
         return row, Sparse(indices, decoded)
 
     def add(self, total, rows, counts, dtype):
@@ -114,14 +137,24 @@ class Pairs:
         rank order; a worker's indices are distinct, so no element receives two atomic adds in one call
         (CUDA's ``index_add_`` is only non-deterministic for repeated indices), and every rank adds the same
         bytes in the same order."""
-        capacity = (rows.shape[1] - self.header_bytes()) // (self.nbytes(1, dtype) - self.header_bytes())
-        value_dtype = self.value_dtype or dtype
-        start = self.header_bytes()
-        split = start + capacity * value_dtype.itemsize
-        values = _aligned(rows[:, start:split]).view(value_dtype).to(total.dtype)
+        numel = total.numel()
+        fixed = self.nbytes(0, dtype, numel)
+        capacity = (rows.shape[1] - fixed) // (self.nbytes(1, dtype, numel) - fixed)
+        scale_end, values_size, counts_size, _ = self._layout(capacity, dtype, numel)
+        values_end = scale_end + values_size
+        indices_start = values_end + counts_size
+        values = _aligned(rows[:, scale_end:values_end]).view(self.value_dtype or dtype).to(total.dtype)
         if self.value_dtype == torch.int8:
-            values *= _aligned(rows[:, :start]).view(torch.float32).to(total.dtype)
-        indices = _aligned(rows[:, split:]).view(self.index_dtype).long()
+            values *= _aligned(rows[:, :scale_end]).view(torch.float32).to(total.dtype)
+        indices = _aligned(rows[:, indices_start:]).view(self.index_dtype).long()
+        if self.index_dtype == torch.int16:
+            indices &= self.BLOCK - 1
+            if counts_size:
+                block_counts = _aligned(rows[:, values_end:indices_start]).view(torch.int32).long()
+                blocks = torch.arange(block_counts.shape[1], device=rows.device)
+                for worker, worker_counts in enumerate(block_counts):
+                    real = blocks.repeat_interleave(worker_counts)
+                    indices[worker, :real.numel()] += real * self.BLOCK
         for worker_indices, worker_values, count in zip(indices, values, counts):
             total.index_add_(0, worker_indices[:count], worker_values[:count])
         return total

@@ -25,13 +25,14 @@ class ThresholdCompressor(Compressor):
     ResidualMemory the rest accumulates until it crosses it). Pairs are encoded as in :class:`Pairs`.
     ``counts`` holds each tensor's per-worker counts of its last exchange (for inspection; not state)."""
 
-    def __init__(self, threshold=0.01, fp16_values=False, int32_indices=False, min_compress_numel=1024):
+    def __init__(self, threshold=0.01, fp16_values=False, int32_indices=False, min_compress_numel=1024,
+                 compact_indices=False):
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
             raise ValueError(f"ThresholdCompressor: threshold={threshold!r} must be a number > 0 "
                              "(the gradient magnitude a value must reach to be sent)")
         self.threshold = float(threshold)
         self.min_compress_numel = check_min_numel("ThresholdCompressor", min_compress_numel)
-        self.pairs = Pairs("ThresholdCompressor", fp16_values, False, int32_indices)
+        self.pairs = Pairs("ThresholdCompressor", fp16_values, False, int32_indices, compact_indices)
         self.counts = {}
 
     def compress(self, tensor, name):
@@ -39,7 +40,7 @@ class ThresholdCompressor(Compressor):
         self.pairs.check_addressable(flat, name)
         indices = (flat.abs() >= self.threshold).nonzero().view(-1)
         values = flat[indices]
-        _, sent = self.pairs.encode(values, indices, indices.numel())
+        _, sent = self.pairs.encode(values, indices, indices.numel(), flat.numel())
         count = torch.tensor([indices.numel()], dtype=torch.int32, device=flat.device).view(torch.uint8)
         return Payload(count, "allgather", indices.numel(), sent), _Ctx(name, values, indices, flat.numel(), tensor.dtype)
 
@@ -50,7 +51,7 @@ class ThresholdCompressor(Compressor):
         if ctx.counts is None:
             ctx.counts = self.counts[ctx.name] = result.view(torch.int32).tolist()
             if max(ctx.counts) > 0:
-                row, _ = self.pairs.encode(ctx.values, ctx.indices, max(ctx.counts))
+                row, _ = self.pairs.encode(ctx.values, ctx.indices, max(ctx.counts), ctx.numel)
                 return Payload(row, "allgather", 0), ctx
             return total
         self.pairs.add(total, result.view(len(ctx.counts), -1), ctx.counts, ctx.dtype)

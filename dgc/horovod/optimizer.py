@@ -17,7 +17,8 @@ from dgc.optim import step_corrected, unhooked
 class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class by :func:`DistributedOptimizer`."""
 
-    def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator):
+    def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator,
+               dense_compression=None):
         params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
@@ -38,7 +39,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if memory is None:
             memory = getattr(compression, "memory", None)
         trained = [(name_of[p], p) for p in params if p.requires_grad]
-        self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self)
+        self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self,
+                                 dense_compressor=dense_compression)
         self._name_of = name_of
         self._passes = backward_passes_per_step
         self._pending = {}
@@ -154,9 +156,10 @@ class DenseStats:
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
-                         communicator=None, memory=None):
+                         communicator=None, memory=None, dense_compression=None):
     """Make ``optimizer`` average its gradients over all workers through ``compression`` (default: dense
-    allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none).
+    allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none); tensors too small
+    to compress go through ``dense_compression`` (default: dense fp32; e.g. ``FP16Compressor()``).
 
     The optimizer object itself is changed (its class becomes a subclass with the exchange mixed in) and
     returned, so an lr scheduler created before wrapping keeps driving it. Its ``state_dict()`` is the
@@ -174,7 +177,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     cls.step.hooked = True
     if scheduler_step is not None:
         _count_steps_for_scheduler(optimizer, scheduler_step)
-    optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator)
+    optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator,
+                     dense_compression)
     return optimizer
 
 
