@@ -91,9 +91,9 @@ class Exchange:
         """Begin the exchange of parameter ``name``'s gradient; the average will be written into ``out``
         (default: ``grad`` itself)."""
         route = self.routes[name]
-        flat = self._prepare(route, grad)
+        flat, decay = self._prepare(route, grad)
         started = time.perf_counter()
-        compensated = route.memory.compensate(flat, name)
+        compensated = route.memory.compensate(flat, name, decay)
         reference = self._reference(route, compensated)
         payload, ctx = route.compressor.compress(compensated.view(route.param.shape), name)
         if route.memory.keeps_state and payload.tensor.data_ptr() == compensated.data_ptr():
@@ -144,19 +144,19 @@ class Exchange:
         self.stats["reference_sq"] += reference.square().sum()
 
     def _prepare(self, route, grad):
-        """The flat gradient, checked (a bad value must never enter a residual) and clipped if the memory
-        clips; where the memory applies momentum, the optimizer's live weight decay is folded in (its own
-        then does not run) and its live momentum and Nesterov setting handed to the memory."""
+        """The flat gradient, checked (a bad value must never enter a residual), and the weight decay the
+        memory folds in: where the memory applies momentum, the optimizer's live weight decay (its own then
+        does not run), with its live momentum and Nesterov setting handed to the memory; else None."""
         flat = grad.reshape(-1)
+        decay = None
         if route.compressed:
             _check_gradient(flat, route.name)
-            flat = route.memory.clip(flat)
             if route.param in self.corrected and self.optimizer is not None:
                 group = self.optimizer.param_groups[route.group]
                 self.memory.follow(group["momentum"], group["nesterov"])
                 if group.get("weight_decay", 0):
-                    flat = flat.add(route.param.detach().reshape(-1), alpha=group["weight_decay"])
-        return flat
+                    decay = (route.param.detach().reshape(-1), group["weight_decay"])
+        return flat, decay
 
     def _send(self, route, payload, ctx, out):
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()

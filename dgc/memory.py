@@ -1,7 +1,7 @@
 """Memories: what a worker keeps of the gradient values it did not send (the residual).
 
-Protocol, per compressed tensor ``name`` (flat tensors): ``compensate(grad, name)`` folds the new gradient
-into the memory and returns the tensor to compress, which is the residual buffer itself (the exchange
+Protocol, per compressed tensor ``name`` (flat tensors): ``compensate(grad, name, decay)`` folds the new
+gradient into the memory and returns the tensor to compress, which is the residual buffer itself (the exchange
 hands it to the compressor viewed in the parameter's shape); once the compressor
 says what was sent, ``update(name, sent)`` keeps ``residual = compensated - sent``: a sparse fast path for
 :class:`~dgc.compressors.Sparse` (subtract at the sent indices: zero, or the encoding's rounding error) and
@@ -16,8 +16,9 @@ class Memory:
     """No memory: unsent values are dropped (plain compression without error feedback)."""
 
     applies_momentum = False
-    """True when compensate() applies SGD momentum itself (momentum correction); the exchange then folds
-    weight decay into the gradient first and the optimizer takes a plain step for those tensors."""
+    """True when compensate() applies SGD momentum itself (momentum correction); the exchange then hands it
+    the weight decay to fold into the gradient (``decay``) and the optimizer takes a plain step for those
+    tensors."""
     keeps_state = False
     """True when compensate() returns a buffer the memory keeps (the exchange never sends it in place)."""
 
@@ -25,11 +26,9 @@ class Memory:
         """Called once with the number of workers (the clipping threshold depends on it)."""
         self.world_size = world_size
 
-    def clip(self, grad):
-        """The raw gradient, clipped if the memory clips (before weight decay is folded in)."""
-        return grad
-
-    def compensate(self, grad, name):
+    def compensate(self, grad, name, decay=None):
+        """The tensor to compress for ``grad``. ``decay``: ``(param, weight_decay)`` to fold in as
+        ``grad + weight_decay * param``; the exchange gives it only to memories that apply momentum."""
         return grad
 
     def update(self, name, sent):
@@ -82,11 +81,15 @@ class ResidualMemory(_BufferMemory):
 
     buffer_names = ("residuals",)
 
-    def compensate(self, grad, name):
+    def compensate(self, grad, name, decay=None):
         return self._buffer("residuals", name, grad).add_(grad)
 
     def update(self, name, sent):
         _subtract(self.buffers["residuals"][name], sent)
+
+
+_CHUNK = 1 << 15
+"""Elements per chunk of the CPU's compensation pass (its four or five 128 KB slices stay in L2)."""
 
 
 class DGCSGDMemory(_BufferMemory):
@@ -134,21 +137,37 @@ class DGCSGDMemory(_BufferMemory):
                                  f"leave {what} unset (it follows the optimizer) or make them equal")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def clip(self, grad):
-        if self.gradient_clipping is None:
-            return grad
-        max_norm = self.gradient_clipping * self.world_size ** 0.5
-        return grad * (max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
-
-    def compensate(self, grad, name):
+    def compensate(self, grad, name, decay=None):
+        """Clip ``grad``, fold in ``decay``, then ``u = m*u + g``, ``v += u`` (Nesterov: ``v += g + m*u``);
+        return ``v``. One pass over the tensors: on the CPU chunk by chunk, so the clipped and decayed
+        gradient and ``u`` are still in cache when ``v`` reads them and no full-size temporary is made."""
         if self.momentum is None:
             raise RuntimeError("DGCSGDMemory: momentum is unset; give momentum= or let the distributed "
                                "optimizer call follow() with its optimizer's momentum")
-        u = self._buffer("momentums", name, grad).mul_(self.momentum).add_(grad)
-        v = self._buffer("velocities", name, grad)
-        if self.nesterov:
-            return v.add_(grad).add_(u, alpha=self.momentum)
-        return v.add_(u)
+        scale = None
+        if self.gradient_clipping is not None:
+            max_norm = self.gradient_clipping * self.world_size ** 0.5
+            scale = (max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
+        param, weight_decay = decay if decay is not None else (None, 0)
+        u, v = self._buffer("momentums", name, grad), self._buffer("velocities", name, grad)
+        step = _CHUNK if grad.device.type == "cpu" else grad.numel()
+        scratch = None
+        for start in range(0, grad.numel(), step):
+            part = slice(start, start + step)
+            g = grad[part]
+            if scale is not None or weight_decay:
+                if scratch is None:
+                    scratch = torch.empty(min(step, grad.numel()), dtype=grad.dtype, device=grad.device)
+                g = torch.mul(g, 1.0 if scale is None else scale, out=scratch[:g.numel()])
+                if weight_decay:
+                    g.add_(param[part], alpha=weight_decay)
+            uc, vc = u[part], v[part]
+            uc.mul_(self.momentum).add_(g)
+            if self.nesterov:
+                vc.add_(g).add_(uc, alpha=self.momentum)
+            else:
+                vc.add_(uc)
+        return v
 
     def update(self, name, sent):
         _subtract(self.buffers["velocities"][name], sent)

@@ -1,4 +1,5 @@
-"""Benchmark, in one run: (1) DGC compress + decompress throughput vs torch.clone and exact torch.topk;
+"""Benchmark, in one run: (1) DGC compress + decompress throughput vs torch.clone and exact torch.topk, and
+DGC's compress side with momentum correction vs a copy_ into a preallocated buffer;
 (2) every compressor of configs/compression/ on the same gradients: throughput, bytes on the wire / dense
 fp32, and relative L2 error of what one worker's exchange delivers (2^16 to 2^24 elements as matrices, and
 the whole gradient of ResNet-20 and VGG-16 on one random CIFAR batch).
@@ -8,9 +9,11 @@ the whole gradient of ResNet-20 and VGG-16 on one random CIFAR batch).
 Throughput is GB/s of dense fp32 gradient (numel * 4 bytes / seconds), median of repeated runs. DGC is one
 worker's exchange of one gradient through the library's pipeline (dgc.exchange, in-process communicator):
 the non-finite check, DGCCompressor's selection at ratio 0.001, encoding, no memory, and the scatter-add
-decompression into the gradient. Printed as a Markdown table with the
-ratios the targets are about: DGC / clone (goal >= 0.8 on CPU, >= 0.5 on GPU at 2^24+) and DGC speed-up over
-exact top-k (goal >= 10x).
+decompression into the gradient. "DGC+mc compress" is the compress side alone (exchange.start: the check,
+DGCSGDMemory's clipping, weight decay, momentum and velocity, the selection, the encoding and the memory
+update), as in training with configs/dgc. Printed as a Markdown table with the ratios the targets are about:
+DGC / clone (goal >= 0.8 on CPU, >= 0.5 on GPU at 2^24+), DGC speed-up over exact top-k (goal >= 10x) and
+DGC+mc compress / copy_ (goal >= 0.3).
 """
 import argparse
 import statistics
@@ -24,6 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from dgc.compressors.dgc import DGCCompressor  # noqa: E402
 from dgc.exchange import Exchange  # noqa: E402
 from dgc.inprocess import InProcessGroup  # noqa: E402
+from dgc.memory import DGCSGDMemory  # noqa: E402
 from models.cifar_resnet import resnet20  # noqa: E402
 from models.vgg import vgg16  # noqa: E402
 from training.config import load_configs  # noqa: E402
@@ -31,11 +35,11 @@ from training.config import load_configs  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def timed(fn, device, repeats):
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up run."""
-    fn()
+def timed(fn, device, repeats, after=None):
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up run (``after()``, untimed, follows
+    each run)."""
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -43,7 +47,9 @@ def timed(fn, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if after is not None:
+            after()
+    return statistics.median(times[1:])
 
 
 def bench(numel, device, ratio, repeats):
@@ -56,8 +62,19 @@ def bench(numel, device, ratio, repeats):
     def dgc():
         exchange.finish([exchange.start("g", x, out=grad)])
 
+    rows = 2 ** (numel.bit_length() // 2)
+    param = torch.nn.Parameter(torch.randn(rows, numel // rows, device=device))
+    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    corrected = Exchange([("w", param)], InProcessGroup(1).communicator(0),
+                         DGCCompressor(compress_ratio=ratio, min_compress_numel=1),
+                         DGCSGDMemory(gradient_clipping=5.0), optimizer)
+    pending = []
+    buffer = torch.empty_like(x)
     gb = numel * 4 / 1e9
-    return {"clone": gb / timed(lambda: x.clone(), device, repeats),
+    return {"copy": gb / timed(lambda: buffer.copy_(x), device, repeats),
+            "mc": gb / timed(lambda: pending.append(corrected.start("w", x.view(param.shape))), device, repeats,
+                             after=lambda: corrected.finish([pending.pop()])),
+            "clone": gb / timed(lambda: x.clone(), device, repeats),
             "topk": gb / timed(lambda: x.abs().topk(k, sorted=False), device, max(3, repeats // 3)),
             "dgc": gb / timed(dgc, device, repeats)}
 
@@ -119,12 +136,14 @@ def main(argv=None):
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; ratio {args.ratio}; GB/s of dense fp32 gradient\n")
-    print("| elements | clone GB/s | exact topk GB/s | DGC GB/s | DGC / clone | DGC / topk |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| elements | clone GB/s | exact topk GB/s | DGC GB/s | DGC / clone | DGC / topk | copy_ GB/s | "
+          "DGC+mc compress GB/s | DGC+mc compress / copy_ |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for exp in range(args.min_exp, args.max_exp + 1):
         r = bench(2 ** exp, device, args.ratio, args.repeats)
         print(f"| 2^{exp} | {r['clone']:.2f} | {r['topk']:.2f} | {r['dgc']:.2f} | "
-              f"{r['dgc'] / r['clone']:.2f} | {r['dgc'] / r['topk']:.1f}x |", flush=True)
+              f"{r['dgc'] / r['clone']:.2f} | {r['dgc'] / r['topk']:.1f}x | {r['copy']:.2f} | {r['mc']:.2f} | "
+              f"{r['mc'] / r['copy']:.2f} |", flush=True)
     family(device, [int(e) for e in args.family_exps.split(",") if e], args.family_repeats)
 
 

@@ -33,7 +33,7 @@ BRIDGE_IP = f"{SUBNET}.1"
 IFACE = "dgceth"                      # each worker namespace's link, the same name in every namespace
 METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused")
 LABELS = {"limit": "compute only", "dense": "dense fp32 (Horovod)", "fp16": "fp16 (Horovod)",
-          "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused"}
+          "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused+compact"}
 DEFAULT_STEPS = {"tiny": 3, "resnet20": 8, "vgg16": 3}
 """Timed steps per cell (after one warm-up step): dense VGG-16 at 10 Mbit/s takes about 50 s a step."""
 
@@ -115,9 +115,10 @@ class Topology:
                        "burst", "256kb", "latency", "50ms")
 
 
-def launch(topology, ranks_per_host, worker_args, timeout):
-    """Run this script's worker mode on every slot (``ranks_per_host`` per namespace) as Horovod would on
-    separate hosts; return rank 0's JSON result. Any failure or timeout kills every worker."""
+def launch(topology, ranks_per_host, argv, timeout, log=None):
+    """Run ``python argv...`` on every slot (``ranks_per_host`` per namespace) as Horovod would on separate
+    hosts; return rank 0's stdout (every rank's output also goes to ``log``, a file, when given). Any failure
+    or timeout kills every worker."""
     from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
     from horovod.runner.gloo_run import create_run_env_vars, create_slot_env_vars
     from horovod.runner.http.http_server import RendezvousServer
@@ -135,20 +136,21 @@ def launch(topology, ranks_per_host, worker_args, timeout):
                        **create_slot_env_vars(slot))
             ns = f"{PREFIX}{topology.addresses.index(slot.hostname)}"
             command = ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
-                       f'hostname {slot.hostname} && exec "$@"', "sh", sys.executable, __file__, "--worker",
-                       json.dumps(worker_args)]
+                       f'hostname {slot.hostname} && exec "$@"', "sh", sys.executable, *argv]
             procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, start_new_session=True))
+                                          text=True, start_new_session=True, cwd=ROOT))
         deadline = time.monotonic() + timeout
         outputs = []
         for proc in procs:
             try:
                 outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
-                raise RuntimeError(f"bench_network.py: a worker ran past {timeout} s ({worker_args})")
+                raise RuntimeError(f"bench_network.py: a worker ran past {timeout} s ({argv})")
+            if log is not None:
+                log.write("".join(outputs[-1]))
             if proc.returncode != 0:
-                raise RuntimeError(f"bench_network.py: worker failed ({worker_args}):\n{outputs[-1][1][-3000:]}")
-        return json.loads(outputs[0][0].strip().splitlines()[-1])
+                raise RuntimeError(f"bench_network.py: worker failed ({argv}):\n{outputs[-1][1][-3000:]}")
+        return outputs[0][0]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -175,6 +177,8 @@ def worker(args):
 
     import dgc.horovod as dgc_hvd
     from dgc.compressors.dgc import DGCCompressor
+    from dgc.compressors.fp16 import FP16Compressor
+    from dgc.fused import FusedCommunicator
     from dgc.compressors.powersgd import PowerSGDCompressor
     from dgc.memory import DGCSGDMemory, ResidualMemory
 
@@ -191,18 +195,19 @@ def worker(args):
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compression)
         bytes_per_step, collectives = numel * (2 if method == "fp16" else 4), len(named)
     elif method in ("powersgd", "dgc", "dgc_fused"):
+        communicator = dense = None
+        memory = DGCSGDMemory(gradient_clipping=5.0)
         if method == "powersgd":
             compressor, memory = PowerSGDCompressor(rank=4), ResidualMemory()
-        else:
+        elif method == "dgc":
             compressor = DGCCompressor(0.001, fp16_values=True, int32_indices=True)
-            memory = DGCSGDMemory(gradient_clipping=5.0)
-        communicator = None
-        if method == "dgc_fused":
-            from dgc.fused import FusedCommunicator
-            from dgc.horovod import HorovodCommunicator
-            communicator = FusedCommunicator(HorovodCommunicator())
+        else:           # configs/dgc/compact.py's wire format, through the fused exchange
+            compressor = DGCCompressor(0.001, fp16_values=True, compact_indices=True, min_compress_numel=256)
+            dense = FP16Compressor()
+            communicator = FusedCommunicator(dgc_hvd.HorovodCommunicator())
         optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compressor,
-                                                 memory=memory, communicator=communicator)
+                                                 memory=memory, communicator=communicator,
+                                                 dense_compression=dense)
         stats = optimizer.exchange
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     gen = torch.Generator().manual_seed(hvd.rank())
@@ -295,9 +300,10 @@ def main(argv=None):
                         if method == "limit" and limit is not None:
                             cells[method] = limit
                             continue
-                        cells[method] = launch(topology, args.ranks_per_host,
-                                               {"model": model, "method": method, "batch": args.batch,
-                                                "steps": args.steps[model]}, args.timeout)
+                        cell = {"model": model, "method": method, "batch": args.batch, "steps": args.steps[model]}
+                        out = launch(topology, args.ranks_per_host, [__file__, "--worker", json.dumps(cell)],
+                                     args.timeout)
+                        cells[method] = json.loads(out.strip().splitlines()[-1])
                         if method == "limit":
                             limit = cells[method]
                         r = cells[method]

@@ -37,7 +37,7 @@ def test_refuses_to_run_without_root(monkeypatch, capsys):
 def test_table_then_nothing_left_behind():
     out, err = bench("--methods", "limit,dgc,dgc_fused", "--steps", "tiny=2").communicate(timeout=240)
     assert "| 2 | tiny | 100mbit |" in out, err[-2000:]
-    fused_row = next(line for line in out.splitlines() if "DGC 0.001 fused |" in line)
+    fused_row = next(line for line in out.splitlines() if "DGC 0.001 fused+compact |" in line)
     assert fused_row.rstrip(" |").endswith("| 2.0"), fused_row      # one allgather + one allreduce per step
     assert leftovers() == ([], [], [])
 
