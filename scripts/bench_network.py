@@ -242,6 +242,8 @@ def parse_args(argv):
     parser.add_argument("--steps", default="", help="timed steps per cell as MODEL=N,... (default "
                         + ",".join(f"{k}={v}" for k, v in DEFAULT_STEPS.items()) + ")")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a cell may take before it fails")
+    parser.add_argument("--plot", help="write seconds per step against link rate (one panel per N and model) here")
+    parser.add_argument("--json", help="write every cell's measurements here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -311,7 +313,37 @@ def main(argv=None):
                               f"{r['bytes']} B, {r['collectives']} collectives", flush=True)
                     rows.append((size, model, rate, cells))
     print_tables(rows, args)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps([{"workers": n, "model": m, "rate": r, "cells": c}
+                                                       for n, m, r, c in rows], indent=1))
+    if args.plot:
+        plot(rows, args.methods, args.plot)
     return 0
+
+
+def plot(rows, methods, path):
+    """Seconds per step against link rate, one line per method, the compute-only limit dashed; one panel per
+    (N, model)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(n, m) for n, m, _, _ in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (n, model) in zip(axes[0], panels):
+        cells = [(r, c) for size, m, r, c in rows if (size, m) == (n, model)]
+        rates = [r for r, _ in cells]
+        for method in methods:
+            ax.plot(rates, [c[method]["seconds"] for _, c in cells], "k--" if method == "limit" else "o-",
+                    label=LABELS[method])
+        ax.set_yscale("log")
+        ax.set_title(f"{model}, {n} workers")
+        ax.set_xlabel("link rate (tbf)")
+        ax.set_ylabel("seconds per step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def print_tables(rows, args):
