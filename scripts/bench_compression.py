@@ -69,10 +69,11 @@ def bench(numel, device, ratio, repeats):
                          DGCCompressor(compress_ratio=ratio, min_compress_numel=1),
                          DGCSGDMemory(gradient_clipping=5.0), optimizer)
     pending = []
-    buffer = torch.empty_like(x)
+    buffer, average = torch.empty_like(x), torch.empty_like(param)
     gb = numel * 4 / 1e9
     return {"copy": gb / timed(lambda: buffer.copy_(x), device, repeats),
-            "mc": gb / timed(lambda: pending.append(corrected.start("w", x.view(param.shape))), device, repeats,
+            "mc": gb / timed(lambda: pending.append(corrected.start("w", x.view(param.shape), out=average)),
+                             device, repeats,
                              after=lambda: corrected.finish([pending.pop()])),
             "clone": gb / timed(lambda: x.clone(), device, repeats),
             "topk": gb / timed(lambda: x.abs().topk(k, sorted=False), device, max(3, repeats // 3)),

@@ -73,8 +73,8 @@ def check_exchange_and_conservation(fp16):
         sent[name] = compression.decompress(payload.tensor, ctx)
         return payload, ctx
 
-    def spy_compensate(grad, name):
-        accumulated[name] = compensate(grad, name).clone()
+    def spy_compensate(grad, name, decay=None):
+        accumulated[name] = compensate(grad, name, decay).clone()
         return memory.buffers["velocities"][name]
 
     compression.compress, memory.compensate = spy_compress, spy_compensate
