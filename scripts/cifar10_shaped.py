@@ -4,11 +4,12 @@ network namespaces (scripts/bench_network.py's topology), each link limited to a
 to the target accuracy.
 
 Usage (root):
-  .venv/bin/python scripts/cifar10_shaped.py [--rates 10mbit] [--epochs 3] [--fraction 1.0] [--target 55]
+  .venv/bin/python scripts/cifar10_shaped.py [--rates 10mbit] [--epochs 3] [--fraction 1.0] [--target 50]
       [--methods dense,fp16,dgc] [--out runs/cifar10-shaped]
 
 DGC here is configs/dgc/ with the compact wire format (configs/dgc/compact.py) through the fused exchange,
-at 0.1% from the first step (no warm-up: the schedule is short). Every run has one torch thread per worker
+at 0.1% from the first step (no warm-up: the schedule is short). Every run has a 1-epoch lr warm-up, then
+cosine decay (as scripts/cifar10_compressors.sh), one torch thread per worker
 and no error measurement (train.measure_error_every=0), so wall time is compute plus exchange. A run
 directory with a checkpoint resumes; logs (OUT/<rate>/<method>.log) are appended to.
 """
@@ -34,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--rates", default="10mbit")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=1.0, help="data.train_fraction")
-    parser.add_argument("--target", type=float, default=55.0, help="test top-1 (percent) to time")
+    parser.add_argument("--target", type=float, default=50.0, help="test top-1 (percent) to time")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default="runs/cifar10-shaped")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds one run may take")
@@ -57,7 +58,8 @@ def main(argv=None):
                 overrides = [c for c in METHODS[method] if not c.endswith(".py")]
                 argv = [str(ROOT / "train.py"), "--configs", "configs/cifar/resnet20.py", *configs,
                         f"train.num_epochs={args.epochs}", f"data.train_fraction={args.fraction}",
-                        "train.num_threads=1", "train.measure_error_every=0", f"train.target_accuracy={args.target}",
+                        "train.scheduler.warmup_epochs=1", "train.num_threads=1", "train.measure_error_every=0",
+                        f"train.target_accuracy={args.target}",
                         *overrides, "--run-dir", str(out / method)]
                 print(f"[shaped] {rate} {method}", flush=True)
                 with open(out / f"{method}.log", "a") as log:
