@@ -101,9 +101,7 @@ class Exchange:
         if payload.sent is not None:
             route.memory.update(name, payload.sent)
         self.stats["compress_s"] += time.perf_counter() - started
-        pending = self._send(route, payload, ctx, grad if out is None else out)
-        pending.reference = reference
-        return pending
+        return self._send(route, payload, ctx, grad if out is None else out, reference)
 
     def finish(self, pending):
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
@@ -120,8 +118,7 @@ class Exchange:
                     payload, ctx = decoded
                     if payload.sent is not None:
                         p.route.memory.update(p.route.name, payload.sent)
-                    next_round.append(self._send(p.route, payload, ctx, p.out))
-                    next_round[-1].reference = p.reference
+                    next_round.append(self._send(p.route, payload, ctx, p.out, p.reference))
                     continue
                 if decoded.data_ptr() != p.out.data_ptr():
                     p.out.copy_(decoded.reshape(p.out.shape))
@@ -158,11 +155,11 @@ class Exchange:
                     decay = (route.param.detach().reshape(-1), group["weight_decay"])
         return flat, decay
 
-    def _send(self, route, payload, ctx, out):
+    def _send(self, route, payload, ctx, out, reference=None):
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
         self.stats["values_sent"] += payload.num_values
         self.stats["collectives"] += 1
-        return Pending(route, self.communicator.start(payload, route.name), ctx, out)
+        return Pending(route, self.communicator.start(payload, route.name), ctx, out, reference)
 
     def follow_optimizer(self):
         """Make a momentum-correcting memory use the optimizer's momentum and Nesterov setting (§3.2); refuse

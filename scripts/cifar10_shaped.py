@@ -15,6 +15,7 @@ directory with a checkpoint resumes; logs (OUT/<rate>/<method>.log) are appended
 """
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -44,7 +45,7 @@ def main(argv=None):
     bad = [m for m in methods if m not in METHODS]
     if bad:
         parser.error(f"unknown method {bad[0]!r}; expected one of {', '.join(METHODS)}")
-    if bench_network.os.geteuid() != 0:
+    if os.geteuid() != 0:
         print("cifar10_shaped.py: error: needs root (network namespaces, veth links, tc)", file=sys.stderr)
         return 2
     bench_network.sh("bash", str(ROOT / "scripts" / "get_cifar10.sh"))
@@ -84,5 +85,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     finally:
-        if bench_network.os.geteuid() == 0:
+        if os.geteuid() == 0:
             bench_network.teardown()

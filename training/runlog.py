@@ -70,11 +70,9 @@ class RunLog:
                 "final_train_top1": hist[-1]["train_top1"] if hist else None,
                 "epochs_to_target": reached["epoch"] if reached else None,
                 "time_to_target_s": reached["cumulative_time_s"] if reached else None,
-                "mean_compression_ratio": (sum(h["compression_ratio"] * h["steps"] for h in hist) / steps
-                                           if steps else None),
                 "bytes_per_step": total_bytes / steps if steps else None,
-                **{f"mean_{key}": _mean(hist, key) for key in ("compress_ms", "decompress_ms", "relative_error",
-                                                                "snr_db")},
+                **{f"mean_{key}": _mean(hist, key) for key in ("compression_ratio", "compress_ms", "decompress_ms",
+                                                                "relative_error", "snr_db")},
                 "total_bytes_sent": total_bytes,
                 "wall_time_s": hist[-1]["cumulative_time_s"] if hist else 0.0,
                 "history": hist}
