@@ -18,7 +18,8 @@ class Communicator(Protocol):
 
     def start(self, payload: Payload, name: str) -> Any:
         """Begin the payload's collective ("allreduce": average in place; "allgather": concatenate along
-        dim 0, in rank order) under a name identical on every worker; return a handle."""
+        dim 0, in rank order; "broadcast": rank 0's tensor into every worker's, in place) under a name
+        identical on every worker; return a handle."""
 
     def wait(self, handle: Any):
         """Finish the collective and return its result tensor."""

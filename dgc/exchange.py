@@ -4,6 +4,12 @@ that talks to the collective library).
     start:  prepare -> memory.compensate -> compressor.compress -> memory.update -> communicator.start
     finish: communicator.wait -> compressor.decompress (-> another round, for multi-round compressors)
 
+Hierarchical (given a ``local`` communicator over the ranks of this host): the gradients are first averaged
+densely over the fast local links; then only the host's leader (local rank 0) runs the pipeline above, over
+``communicator`` joining the leaders of all hosts, and broadcasts the average to its host. The compressed
+exchange so grows with hosts, not ranks (the reference DGC code's open TODO), and the other ranks of a host
+hold no residuals (their memory stays empty).
+
 Which tensors are compressed is decided here, once (:func:`is_compressible`); the rest go dense through the
 base :class:`~dgc.compressors.Compressor` (or a given dense compressor, e.g. fp16) with no memory. Backends
 (the Horovod ``DistributedOptimizer``, a DDP hook, the in-process communicator) only decide *when* to call
@@ -41,12 +47,15 @@ class _Route:
 @dataclass
 class Pending:
     """An exchange in flight: the communicator's handle, the compressor's context, where the average goes,
-    and on a measured step the handle of the dense reference average."""
+    on a measured step the handle of the dense reference average, and the stage: "local" (the host's dense
+    average, hierarchical only), "exchange" (the compressed exchange) or "broadcast" (the leader's average
+    to its host, hierarchical only)."""
     route: _Route
     handle: Any
     ctx: Any
     out: torch.Tensor
     reference: Optional[Any] = None
+    stage: str = "exchange"
 
 
 class Exchange:
@@ -60,10 +69,17 @@ class Exchange:
     ``measure_error``: while True, every compressed tensor's compensated gradient also goes through a dense
     fp32 allreduce, so :meth:`collect` reports the relative L2 error and SNR of the decompressed average
     against the dense average of what was compressed (costly: set it on sampled steps, alike on every rank).
+    ``local``: a communicator over this host's ranks, for the hierarchical exchange; then ``communicator``
+    joins the hosts' leaders (local rank 0) and is None on the other ranks. Every host must have as many ranks.
     """
 
     def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None,
-                 dense_compressor=None):
+                 dense_compressor=None, local=None):
+        if local is not None and (local.rank == 0) != (communicator is not None):
+            raise ValueError(f"Exchange: hierarchical rank {local.rank} of its host "
+                             f"{'has no' if local.rank == 0 else 'has a'} leaders' communicator; the leader "
+                             "(local rank 0) needs one, the other ranks none")
+        self.local = local
         self.communicator = communicator
         self.compressor = compressor if compressor is not None else Compressor()
         self.memory = memory if memory is not None else Memory()
@@ -77,7 +93,7 @@ class Exchange:
             compressed = is_compressible(p, self.compressor)
             compressor, memory = (self.compressor, self.memory) if compressed else dense
             self.routes[name] = _Route(name, p, compressor, memory, group_of.get(p, -1), compressed)
-        self.memory.initialize(communicator.size)
+        self.memory.initialize(communicator.size if communicator is not None else 1)
         self.corrected = {r.param for r in self.routes.values() if r.compressed and self.memory.applies_momentum}
         """Parameters whose momentum and weight decay the memory applied: the optimizer steps them plainly."""
         self.follow_optimizer()
@@ -89,8 +105,19 @@ class Exchange:
 
     def start(self, name, grad, out=None):
         """Begin the exchange of parameter ``name``'s gradient; the average will be written into ``out``
-        (default: ``grad`` itself)."""
-        route = self.routes[name]
+        (default: ``grad`` itself). Hierarchical: begin the host's dense average (the rest runs in
+        :meth:`finish`)."""
+        route, out = self.routes[name], grad if out is None else out
+        if self.local is not None:
+            flat = grad.reshape(-1)     # averaged in place where grad is contiguous
+            self.stats["local_bytes"] += flat.numel() * flat.element_size()
+            return Pending(route, self.local.start(Payload(flat, "allreduce", flat.numel()), f"{name}.local"),
+                           None, out, stage="local")
+        return self._compress(route, grad, out)
+
+    def _compress(self, route, grad, out):
+        """prepare -> memory.compensate -> compressor.compress -> memory.update -> communicator.start."""
+        name = route.name
         flat, decay = self._prepare(route, grad)
         started = time.perf_counter()
         compensated = route.memory.compensate(flat, name, decay)
@@ -101,7 +128,7 @@ class Exchange:
         if payload.sent is not None:
             route.memory.update(name, payload.sent)
         self.stats["compress_s"] += time.perf_counter() - started
-        return self._send(route, payload, ctx, grad if out is None else out, reference)
+        return self._send(route, payload, ctx, out, reference)
 
     def finish(self, pending):
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
@@ -109,6 +136,11 @@ class Exchange:
         while pending:
             next_round = []
             for p in pending:
+                if p.stage != "exchange":
+                    following = self._finish_local(p)
+                    if following is not None:
+                        next_round.append(following)
+                    continue
                 result = self.communicator.wait(p.handle)
                 started = time.perf_counter()
                 buffer = p.out.view(-1) if p.out.is_contiguous() else None
@@ -124,7 +156,29 @@ class Exchange:
                     p.out.copy_(decoded.reshape(p.out.shape))
                 if p.reference is not None:
                     self._measure(p.out, self.communicator.wait(p.reference))
+                if self.local is not None:
+                    next_round.append(self._broadcast(p.route, p.out))
             pending = next_round
+
+    def _finish_local(self, p):
+        """Hierarchical stages: after the host's average, the leader starts the compressed exchange and the
+        other ranks the receipt of their leader's broadcast; after the broadcast, the average is in place."""
+        result = self.local.wait(p.handle)
+        if p.stage == "broadcast":
+            if result.data_ptr() != p.out.data_ptr():
+                p.out.copy_(result.reshape(p.out.shape))
+            return None
+        host_average = result.view(p.out.shape)
+        if self.communicator is not None:
+            return self._compress(p.route, host_average, p.out)
+        return self._broadcast(p.route, p.out)
+
+    def _broadcast(self, route, out):
+        """Start the leader's average (in ``out``) to the other ranks of its host."""
+        flat = out.reshape(-1) if out.is_contiguous() else out.contiguous().view(-1)
+        self.stats["local_bytes"] += flat.numel() * flat.element_size()
+        return Pending(route, self.local.start(Payload(flat, "broadcast", flat.numel()), f"{route.name}.host"),
+                       None, out, stage="broadcast")
 
     def _reference(self, route, compensated):
         """On a measured step, start the dense fp32 average of a compressed tensor's ``compensated``
@@ -199,7 +253,9 @@ class Exchange:
     def collect(self):
         """Close a step's statistics into ``last_exchange`` and return them: bytes and values sent, their
         ratio to dense fp32, payloads started (collectives before any fusion), compress and decompress
-        seconds (host time); on a measured step also
+        seconds (host time), bytes sent over the host's own links (``local_bytes``, hierarchical only; the
+        others are the exchange between hosts and 0 on ranks that are not a host's leader); on a measured step
+        also
         ``relative_error`` (||average - dense average|| / ||dense average||, over the compressed tensors) and
         ``snr_db`` (10 log10 of the dense average's energy over the error's; None when the error is 0), else
         both None."""
@@ -217,8 +273,8 @@ class Exchange:
     @staticmethod
     def zero_stats():
         """Empty statistics (also what discards the counts of exchanges that are thrown away)."""
-        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "compress_s": 0.0, "decompress_s": 0.0,
-                "error_sq": 0.0, "reference_sq": 0.0}
+        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "local_bytes": 0, "compress_s": 0.0,
+                "decompress_s": 0.0, "error_sq": 0.0, "reference_sq": 0.0}
 
     def state_dict(self):
         """This rank's compressor and memory state (residuals differ per rank: checkpoint each rank's)."""

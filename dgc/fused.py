@@ -64,7 +64,7 @@ class FusedCommunicator:
             self.collectives += 1
         for handles, inner_handle, numel in started:
             result = self.inner.wait(inner_handle)
-            if handles[0].payload.collective == "allreduce":
+            if handles[0].payload.collective in ("allreduce", "broadcast"):
                 parts = result.reshape(-1).split([h.payload.tensor.numel() for h in handles])
                 for h, part in zip(handles, parts):
                     h.result = part.view(h.payload.tensor.shape)

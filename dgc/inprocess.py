@@ -64,9 +64,9 @@ class InProcessGroup:
             if slot["collective"] != payload.collective:
                 raise ValueError(f"InProcessGroup: rank {rank} started {payload.collective!r} for {name!r}, "
                                  f"another rank {slot['collective']!r}")
-            if payload.collective not in ("allreduce", "allgather"):
+            if payload.collective not in ("allreduce", "allgather", "broadcast"):
                 raise ValueError(f"InProcessGroup: unknown collective {payload.collective!r} for {name!r}; "
-                                 "expected 'allreduce' or 'allgather'")
+                                 "expected 'allreduce', 'allgather' or 'broadcast'")
             slot["parts"][rank] = payload.tensor.detach().clone()
             self.log.append((rank, name, payload.collective, payload.tensor.numel() * payload.tensor.element_size()))
             self._cond.notify_all()
@@ -86,6 +86,8 @@ class InProcessGroup:
                 del self._slots[key]
         if slot["collective"] == "allgather":
             return torch.cat(parts)
+        if slot["collective"] == "broadcast":
+            return tensor.copy_(parts[0])
         total = parts[0].to(torch.promote_types(tensor.dtype, torch.float32), copy=True)
         for part in parts[1:]:
             total += part

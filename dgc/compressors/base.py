@@ -27,7 +27,8 @@ class Sparse:
 class Payload:
     """One worker's message for one tensor and one round.
 
-    ``collective``: "allreduce" (averaged over workers, in place) or "allgather" (concatenated along dim 0).
+    ``collective``: "allreduce" (averaged over workers, in place), "allgather" (concatenated along dim 0) or
+    "broadcast" (rank 0's tensor, into every worker's; the hierarchical exchange's last step, not a compressor's).
     ``num_values``: gradient values it carries (for the density metric). ``sent``: this worker's contribution
     decoded (a dense tensor or :class:`Sparse`), set on at most one round's payload (the exchange updates the
     memory from it; none when nothing was sent), None on the others. ``tensor`` may share storage with the

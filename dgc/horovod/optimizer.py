@@ -18,7 +18,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class by :func:`DistributedOptimizer`."""
 
     def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator,
-               dense_compression=None):
+               dense_compression=None, local_communicator=None):
         params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
@@ -40,7 +40,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             memory = getattr(compression, "memory", None)
         trained = [(name_of[p], p) for p in params if p.requires_grad]
         self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self,
-                                 dense_compressor=dense_compression)
+                                 dense_compressor=dense_compression, local=local_communicator)
         self._name_of = name_of
         self._passes = backward_passes_per_step
         self._pending = {}
@@ -156,17 +156,31 @@ class DenseStats:
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
-                         communicator=None, memory=None, dense_compression=None):
+                         communicator=None, memory=None, dense_compression=None, hierarchical=False):
     """Make ``optimizer`` average its gradients over all workers through ``compression`` (default: dense
     allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none); tensors too small
     to compress go through ``dense_compression`` (default: dense fp32; e.g. ``FP16Compressor()``).
+    ``hierarchical``: average densely within each host first and compress only between hosts (see
+    :mod:`dgc.exchange`; needs ``hvd.init(process_sets="dynamic")``); True builds the communicators with
+    :func:`~dgc.horovod.communicator.hierarchical_communicators`, a ``(leaders, local)`` pair is used as
+    given (e.g. wrapped in :class:`dgc.fused.FusedCommunicator`), and ``communicator`` must then be None.
+    Leaders then start more collectives than the other ranks: name every Horovod collective you call yourself
+    (Horovod's unnamed ones are numbered per process, so they would no longer match and would hang).
 
     The optimizer object itself is changed (its class becomes a subclass with the exchange mixed in) and
     returned, so an lr scheduler created before wrapping keeps driving it. Its ``state_dict()`` is the
     wrapped optimizer's; each rank's compressor and memory state is ``optimizer.exchange.state_dict()``."""
     if isinstance(optimizer, _DistributedOptimizer):
         raise ValueError("DistributedOptimizer: this optimizer is already distributed; wrap a plain optimizer once")
-    if communicator is None:
+    local = None
+    if hierarchical:
+        if communicator is not None:
+            raise ValueError("DistributedOptimizer: give either communicator or hierarchical, not both")
+        if hierarchical is True:
+            from dgc.horovod.communicator import hierarchical_communicators
+            hierarchical = hierarchical_communicators()
+        communicator, local = hierarchical
+    elif communicator is None:
         from dgc.horovod.communicator import HorovodCommunicator
         communicator = HorovodCommunicator()
     base = optimizer.__class__
@@ -178,7 +192,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     if scheduler_step is not None:
         _count_steps_for_scheduler(optimizer, scheduler_step)
     optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator,
-                     dense_compression)
+                     dense_compression, local)
     return optimizer
 
 
