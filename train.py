@@ -52,7 +52,8 @@ def run_name(cfg, config_files, world_size):
 def build_optimizer(cfg, model, world_size, communicator=None):
     """The configured optimizer, distributed: Horovod's own DistributedOptimizer for the baseline
     (``train.compression`` None), dgc.horovod's with the configured compressor and memory otherwise (through
-    the fused exchange with ``train.fuse_exchange``). Returns
+    the fused exchange with ``train.fuse_exchange``; within hosts densely and compressed only between them
+    with ``train.hierarchical``, where no ``communicator`` is given). Returns
     it with its exchange statistics (``set_epoch``, ``last_exchange``, ``state_dict``)."""
     import horovod.torch as hvd
 
@@ -67,13 +68,20 @@ def build_optimizer(cfg, model, world_size, communicator=None):
         return optimizer, dgc_hvd.DenseStats(model.named_parameters())
     memory = cfg.train.memory() if cfg.train.memory is not None else None
     dense = cfg.train.dense_compression() if cfg.train.dense_compression is not None else None
+    local = None
+    if cfg.train.hierarchical and communicator is None:
+        communicator, local = dgc_hvd.hierarchical_communicators()
+    elif communicator is None:
+        communicator = dgc_hvd.HorovodCommunicator()
     if cfg.train.fuse_exchange:
         from dgc.fused import FusedCommunicator
-        communicator = FusedCommunicator(communicator or dgc_hvd.HorovodCommunicator())
+        communicator = communicator and FusedCommunicator(communicator)
+        local = local and FusedCommunicator(local)
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                              compression=cfg.train.compression(), memory=memory,
-                                             backward_passes_per_step=passes, communicator=communicator,
-                                             dense_compression=dense)
+                                             backward_passes_per_step=passes, dense_compression=dense,
+                                             **({"hierarchical": (communicator, local)} if local is not None
+                                                else {"communicator": communicator}))
     return optimizer, optimizer.exchange
 
 
@@ -152,6 +160,11 @@ def check_config(cfg):
         value = cfg.train[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"config key 'train.{key}' must be a positive int, got {value!r}")
+    if cfg.train.hierarchical not in (True, False):
+        raise ConfigError(f"config key 'train.hierarchical' must be True or False, got {cfg.train.hierarchical!r}")
+    if cfg.train.hierarchical and cfg.train.compression is None:
+        raise ConfigError("train.hierarchical=True needs a compression (train.compression is None: Horovod's own "
+                          "allreduce, which is made hierarchical by HOROVOD_HIERARCHICAL_ALLREDUCE=1 instead)")
     every = cfg.train.measure_error_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"config key 'train.measure_error_every' must be an int >= 0 (0: never), got {every!r}")
@@ -166,7 +179,7 @@ def train(args, cfg, dataset):
     from training import data as data_lib
     from training.runlog import RunLog, sum_over_workers
 
-    hvd.init()
+    hvd.init(process_sets="dynamic" if cfg.train.hierarchical else None)   # hierarchical: per-host sets
     rank, world = hvd.rank(), hvd.size()
     torch.set_num_threads(cfg.train.num_threads or max(1, torch.get_num_threads() // hvd.local_size()))
     torch.manual_seed(cfg.seed)

@@ -24,6 +24,7 @@ configs.train.compression = None        # None: Horovod's own dense allreduce (t
 configs.train.memory = None             # what a compressor does not send (None: dropped; configs/dgc: DGCSGDMemory)
 configs.train.dense_compression = None  # tensors too small to compress: None dense fp32, or e.g. FP16Compressor
 configs.train.fuse_exchange = False     # True: one collective per step and kind for all tensors (dgc/fused.py)
+configs.train.hierarchical = False      # True: dense average within each host, compression only between hosts
 configs.train.compression_warmup_per_step = False   # DGC warm-up ratio updated per step instead of per epoch
 configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs and time to reach it
 configs.train.channels_last = False      # channels_last input batches (faster convolutions on CPU)

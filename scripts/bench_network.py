@@ -4,7 +4,8 @@ method against the compute-only limit, in one run.
 
 Usage (root: namespaces, veth and tc need it):
   .venv/bin/python scripts/bench_network.py [--workers 2,4] [--rates 10mbit,100mbit,1gbit,none]
-      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused] [--steps MODEL=N,...]
+      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused,dgc_hier]
+      [--ranks-per-host R] [--steps MODEL=N,...]
 
 Workers start exactly as on separate hosts (Gloo, a rendezvous server in the root namespace, no ssh); each
 gets its own UTS namespace whose hostname is its address, because Horovod 0.28's Gloo context resolves
@@ -31,9 +32,12 @@ PREFIX = "dgcnet"
 SUBNET = "10.77.0"
 BRIDGE_IP = f"{SUBNET}.1"
 IFACE = "dgceth"                      # each worker namespace's link, the same name in every namespace
-METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused")
+METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused", "dgc_hier")
 LABELS = {"limit": "compute only", "dense": "dense fp32 (Horovod)", "fp16": "fp16 (Horovod)",
-          "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused+compact"}
+          "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused+compact",
+          "dgc_hier": "DGC hierarchical"}
+"""dgc_hier: dgc_fused's format, averaged densely within a host, compressed between hosts at 0.001 x ranks per
+host (the flat exchange's update density; configs/dgc/hierarchical.py)."""
 DEFAULT_STEPS = {"tiny": 3, "resnet20": 8, "vgg16": 3}
 """Timed steps per cell (after one warm-up step): dense VGG-16 at 10 Mbit/s takes about 50 s a step."""
 
@@ -183,7 +187,7 @@ def worker(args):
     from dgc.memory import DGCSGDMemory, ResidualMemory
 
     torch.set_num_threads(1)
-    hvd.init()
+    hvd.init(process_sets="dynamic" if args["method"] == "dgc_hier" else None)
     model, shape = build_model(args["model"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     method = args["method"]
@@ -194,20 +198,28 @@ def worker(args):
         compression = hvd.Compression.fp16 if method == "fp16" else hvd.Compression.none
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compression)
         bytes_per_step, collectives = numel * (2 if method == "fp16" else 4), len(named)
-    elif method in ("powersgd", "dgc", "dgc_fused"):
-        communicator = dense = None
+    elif method in ("powersgd", "dgc", "dgc_fused", "dgc_hier"):
+        communicator = dense = hierarchical = None
         memory = DGCSGDMemory(gradient_clipping=5.0)
         if method == "powersgd":
             compressor, memory = PowerSGDCompressor(rank=4), ResidualMemory()
         elif method == "dgc":
             compressor = DGCCompressor(0.001, fp16_values=True, int32_indices=True)
-        else:           # configs/dgc/compact.py's wire format, through the fused exchange
+        elif method == "dgc_fused":   # configs/dgc/compact.py's wire format, through the fused exchange
             compressor = DGCCompressor(0.001, fp16_values=True, compact_indices=True, min_compress_numel=256)
             dense = FP16Compressor()
             communicator = FusedCommunicator(dgc_hvd.HorovodCommunicator())
+        else:
+            compressor = DGCCompressor(0.001 * hvd.local_size(), fp16_values=True, compact_indices=True,
+                                       min_compress_numel=256)
+            dense = FP16Compressor()
+            leaders, local = dgc_hvd.hierarchical_communicators()
+            communicator = leaders and FusedCommunicator(leaders)
+            if local is not None:
+                hierarchical, communicator = (communicator, FusedCommunicator(local)), None
         optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compressor,
                                                  memory=memory, communicator=communicator,
-                                                 dense_compression=dense)
+                                                 dense_compression=dense, hierarchical=hierarchical)
         stats = optimizer.exchange
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     gen = torch.Generator().manual_seed(hvd.rank())
@@ -221,7 +233,7 @@ def worker(args):
         times.append(time.perf_counter() - started)
     if stats is not None:
         bytes_per_step, collectives = stats.last_exchange["bytes_sent"], stats.last_exchange["collectives"]
-    if method == "dgc_fused":
+    if method in ("dgc_fused", "dgc_hier") and stats.communicator is not None:   # between hosts (rank 0 leads)
         collectives = stats.communicator.collectives / len(times)
     if method == "limit":
         bytes_per_step = collectives = 0
