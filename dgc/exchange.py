@@ -15,6 +15,7 @@ base :class:`~dgc.compressors.Compressor` (or a given dense compressor, e.g. fp1
 (the Horovod ``DistributedOptimizer``, a DDP hook, the in-process communicator) only decide *when* to call
 :meth:`Exchange.start` and :meth:`Exchange.finish`.
 """
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -71,16 +72,31 @@ class Exchange:
     against the dense average of what was compressed (costly: set it on sampled steps, alike on every rank).
     ``local``: a communicator over this host's ranks, for the hierarchical exchange; then ``communicator``
     joins the hosts' leaders (local rank 0) and is None on the other ranks. Every host must have as many ranks.
+    ``nonfinite``: None raises FloatingPointError at once on the rank whose gradient has NaN/Inf. "skip" or
+    "stop" make steps transactions: a bad gradient is replaced by zeros, the step is finished alike on every
+    rank, and :meth:`end_step` (once per step, on every rank) agrees over all ranks whether any had one;
+    then every rank rolls back its memory and compressor state ("skip": the step never happened, its
+    average must not be applied; counted in ``skipped_steps``) or raises FloatingPointError ("stop").
     """
 
     def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None,
-                 dense_compressor=None, local=None):
+                 dense_compressor=None, local=None, nonfinite=None):
+        if nonfinite not in (None, "skip", "stop"):
+            raise ValueError(f"Exchange: nonfinite={nonfinite!r}; expected None (raise at once), 'skip' or 'stop'")
         if local is not None and (local.rank == 0) != (communicator is not None):
             raise ValueError(f"Exchange: hierarchical rank {local.rank} of its host "
                              f"{'has no' if local.rank == 0 else 'has a'} leaders' communicator; the leader "
                              "(local rank 0) needs one, the other ranks none")
         self.local = local
         self.communicator = communicator
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self._bad = []
+        """Names of this rank's non-finite gradients in the current step."""
+        self._snapshot = None
+        """The compressor's state at the start of the current step (transactions only)."""
+        self._flag = None
+        """The handle of the current step's non-finite flag allreduce, once started."""
         self.compressor = compressor if compressor is not None else Compressor()
         self.memory = memory if memory is not None else Memory()
         self.optimizer = optimizer
@@ -94,6 +110,7 @@ class Exchange:
             compressor, memory = (self.compressor, self.memory) if compressed else dense
             self.routes[name] = _Route(name, p, compressor, memory, group_of.get(p, -1), compressed)
         self.memory.initialize(communicator.size if communicator is not None else 1)
+        self.memory.transactional = nonfinite is not None
         self.corrected = {r.param for r in self.routes.values() if r.compressed and self.memory.applies_momentum}
         """Parameters whose momentum and weight decay the memory applied: the optimizer steps them plainly."""
         self.follow_optimizer()
@@ -108,6 +125,8 @@ class Exchange:
         (default: ``grad`` itself). Hierarchical: begin the host's dense average (the rest runs in
         :meth:`finish`)."""
         route, out = self.routes[name], grad if out is None else out
+        if self.nonfinite is not None and self._snapshot is None:
+            self._snapshot = copy.deepcopy(self.compressor.state_dict())
         if self.local is not None:
             flat = grad.reshape(-1)     # averaged in place where grad is contiguous
             self.stats["local_bytes"] += flat.numel() * flat.element_size()
@@ -132,7 +151,10 @@ class Exchange:
 
     def finish(self, pending):
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
-        compressor's next payloads start as soon as each round's result is decoded."""
+        compressor's next payloads start as soon as each round's result is decoded. With ``nonfinite`` set
+        (flat exchange), the step's flag starts first, so a fused exchange carries it in its allreduce."""
+        if self.nonfinite is not None and self.local is None and self._flag is None:
+            self._flag = self._start_flag()
         while pending:
             next_round = []
             for p in pending:
@@ -200,8 +222,11 @@ class Exchange:
         does not run), with its live momentum and Nesterov setting handed to the memory; else None."""
         flat = grad.reshape(-1)
         decay = None
+        if route.compressed or self.nonfinite is not None:
+            if not _check_gradient(flat, route.name, raise_nonfinite=self.nonfinite is None):
+                self._bad.append(route.name)
+                flat = torch.zeros_like(flat)       # compressors see finite values; the step is rolled back
         if route.compressed:
-            _check_gradient(flat, route.name)
             if route.param in self.corrected and self.optimizer is not None:
                 group = self.optimizer.param_groups[route.group]
                 self.memory.follow(group["momentum"], group["nesterov"])
@@ -214,6 +239,50 @@ class Exchange:
         self.stats["values_sent"] += payload.num_values
         self.stats["collectives"] += 1
         return Pending(route, self.communicator.start(payload, route.name), ctx, out, reference)
+
+    def end_step(self):
+        """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
+        over all ranks whether any gradient was non-finite (one 4-byte allreduce; hierarchical: within the
+        host, between leaders, back to the host), then commit the memory, or roll the memory and compressor
+        back and return True ("skip") or raise ("stop"). Returns False for a step that counts."""
+        if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
+            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(), "allreduce", 0), "dgc.nonfinite.local"))
+            if self.communicator is not None:
+                flag = self.communicator.wait(self.communicator.start(Payload(flag, "allreduce", 0), "dgc.nonfinite"))
+            flag = self.local.wait(self.local.start(Payload(flag, "broadcast", 0), "dgc.nonfinite.host"))
+        else:
+            flag = self.communicator.wait(self._flag if self._flag is not None else self._start_flag())
+        bad, snapshot = self._bad, self._snapshot
+        self._bad, self._snapshot, self._flag = [], None, None
+        if float(flag.reshape(-1)[0]) == 0:
+            self.memory.commit()
+            return False
+        self.rollback(snapshot)
+        self.skipped_steps += 1
+        if self.nonfinite == "stop":
+            mine = f"on this rank in {bad[:5]}" if bad else "on another rank"
+            raise FloatingPointError(f"non-finite gradient (nan or inf) {mine}; every rank stopped (nonfinite="
+                                     "'stop'); the memory holds the state before this step")
+        return True
+
+    def _flag_tensor(self):
+        return torch.tensor([float(len(self._bad))])
+
+    def _start_flag(self):
+        """Start the allreduce of this rank's count of non-finite gradients (4 bytes)."""
+        self.stats["bytes_sent"] += 4
+        self.stats["collectives"] += 1
+        return self.communicator.start(Payload(self._flag_tensor(), "allreduce", 0), "dgc.nonfinite")
+
+    def rollback(self, snapshot=None):
+        """Drop the current step's changes to the memory and (given its ``snapshot``) the compressor."""
+        self.memory.rollback()
+        if snapshot is None:
+            if self._flag is not None:
+                self.communicator.wait(self._flag)
+            snapshot, self._snapshot, self._bad, self._flag = self._snapshot, None, [], None
+        if snapshot is not None:
+            self.compressor.load_state_dict(snapshot)
 
     def follow_optimizer(self):
         """Make a momentum-correcting memory use the optimizer's momentum and Nesterov setting (§3.2); refuse
@@ -285,13 +354,16 @@ class Exchange:
         self.memory.load_state_dict(state["memory"])
 
 
-def _check_gradient(flat, name):
-    """Reject an unsupported dtype or non-finite values, naming the parameter (one reduction; its host
-    sync is of the same kind as the selection's own)."""
+def _check_gradient(flat, name, raise_nonfinite=True):
+    """Reject an unsupported dtype, naming the parameter; return whether the values are finite, or raise
+    if not and ``raise_nonfinite`` (one reduction; its host sync is of the same kind as the selection's own)."""
     if flat.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"gradient of {name!r} has dtype {flat.dtype}; supported: "
                         f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
     total = flat.sum(dtype=torch.float32) if flat.element_size() < 4 else flat.sum()
-    if not torch.isfinite(total):
+    if torch.isfinite(total):
+        return True
+    if raise_nonfinite:
         raise FloatingPointError(f"gradient of {name!r} has non-finite values (nan or inf); it was not "
                                  "accumulated into the residual")
+    return False

@@ -6,6 +6,10 @@ hands it to the compressor viewed in the parameter's shape); once the compressor
 says what was sent, ``update(name, sent)`` keeps ``residual = compensated - sent``: a sparse fast path for
 :class:`~dgc.compressors.Sparse` (subtract at the sent indices: zero, or the encoding's rounding error) and
 a dense subtraction for quantizers. So after every step, sent + residual == everything accumulated.
+
+Transactions (set ``transactional``): compensate and update then write a staging copy of the state, which
+``commit()`` makes current and ``rollback()`` drops, so a step skipped on every rank (a non-finite gradient
+anywhere) leaves the memory exactly as it was, at no extra pass over the state (double buffering).
 """
 import torch
 
@@ -21,6 +25,8 @@ class Memory:
     tensors."""
     keeps_state = False
     """True when compensate() returns a buffer the memory keeps (the exchange never sends it in place)."""
+    transactional = False
+    """True: changes wait for :meth:`commit` (or are dropped by :meth:`rollback`)."""
 
     def initialize(self, world_size):
         """Called once with the number of workers (the clipping threshold depends on it)."""
@@ -33,6 +39,12 @@ class Memory:
 
     def update(self, name, sent):
         pass
+
+    def commit(self):
+        """Make this step's changes the state (transactional memories)."""
+
+    def rollback(self):
+        """Forget this step's changes (transactional memories)."""
 
     def state_dict(self):
         return {}
@@ -57,14 +69,38 @@ class _BufferMemory(Memory):
 
     def __init__(self):
         self.buffers = {key: {} for key in self.buffer_names}
+        """The committed state: what is checkpointed."""
+        self._staged = {key: {} for key in self.buffer_names}
+        self._touched = set()
 
-    def _buffer(self, key, name, like):
+    def _pair(self, key, name, like):
+        """``(current, new)`` buffers of ``key`` for ``name``: compensate reads the first and writes the
+        second; they are one buffer unless transactional (then the second is the staging copy)."""
         buf = self.buffers[key].get(name)
         if buf is None or buf.shape != like.shape:
             buf = self.buffers[key][name] = torch.zeros_like(like)
         elif buf.device != like.device or buf.dtype != like.dtype:
             buf = self.buffers[key][name] = buf.to(like)
-        return buf
+        if not self.transactional:
+            return buf, buf
+        staged = self._staged[key].get(name)
+        if staged is None or staged.shape != buf.shape or staged.dtype != buf.dtype or staged.device != buf.device:
+            staged = self._staged[key][name] = torch.empty_like(buf)
+        self._touched.add(name)
+        return buf, staged
+
+    def _new(self, key, name):
+        """The buffer this step's compensate wrote (for update)."""
+        return self._staged[key][name] if name in self._touched else self.buffers[key][name]
+
+    def commit(self):
+        for name in self._touched:
+            for key in self.buffer_names:
+                self.buffers[key][name], self._staged[key][name] = self._staged[key][name], self.buffers[key][name]
+        self._touched.clear()
+
+    def rollback(self):
+        self._touched.clear()
 
     def state_dict(self):
         return {key: dict(bufs) for key, bufs in self.buffers.items()}
@@ -74,6 +110,7 @@ class _BufferMemory(Memory):
         if missing:
             raise KeyError(f"{type(self).__name__}.load_state_dict: state lacks {sorted(missing)}")
         self.buffers = {key: {name: t.clone() for name, t in state[key].items()} for key in self.buffer_names}
+        self._touched.clear()
 
 
 class ResidualMemory(_BufferMemory):
@@ -82,10 +119,11 @@ class ResidualMemory(_BufferMemory):
     buffer_names = ("residuals",)
 
     def compensate(self, grad, name, decay=None):
-        return self._buffer("residuals", name, grad).add_(grad)
+        residual, new = self._pair("residuals", name, grad)
+        return torch.add(residual, grad, out=new)
 
     def update(self, name, sent):
-        _subtract(self.buffers["residuals"][name], sent)
+        _subtract(self._new("residuals", name), sent)
 
 
 _CHUNK = 1 << 18
@@ -153,7 +191,7 @@ class DGCSGDMemory(_BufferMemory):
             if on_cpu:
                 scale = float(scale) if scale < 1 else None
         param, weight_decay = decay if decay is not None else (None, 0)
-        u, v = self._buffer("momentums", name, grad), self._buffer("velocities", name, grad)
+        (u, u_new), (v, v_new) = self._pair("momentums", name, grad), self._pair("velocities", name, grad)
         step = _CHUNK if on_cpu else grad.numel()
         scratch = None
         if scale is not None or weight_decay:
@@ -169,15 +207,14 @@ class DGCSGDMemory(_BufferMemory):
                     g = torch.mul(g, scale, out=t)
                     if weight_decay:
                         g.add_(param[part], alpha=weight_decay)
-            uc, vc = u[part], v[part]
-            torch.add(g, uc, alpha=self.momentum, out=uc)
+            uc = torch.add(g, u[part], alpha=self.momentum, out=u_new[part])
             if self.nesterov:
-                vc.add_(g).add_(uc, alpha=self.momentum)
+                torch.add(v[part], g, out=v_new[part]).add_(uc, alpha=self.momentum)
             else:
-                vc.add_(uc)
-        return v
+                torch.add(v[part], uc, out=v_new[part])
+        return v_new
 
     def update(self, name, sent):
-        _subtract(self.buffers["velocities"][name], sent)
+        _subtract(self._new("velocities", name), sent)
         if self.momentum_masking and isinstance(sent, Sparse):
-            self.buffers["momentums"][name].index_fill_(0, sent.indices, 0)
+            self._new("momentums", name).index_fill_(0, sent.indices, 0)

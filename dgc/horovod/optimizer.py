@@ -18,7 +18,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class by :func:`DistributedOptimizer`."""
 
     def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator,
-               dense_compression=None, local_communicator=None):
+               dense_compression=None, local_communicator=None, nonfinite="skip"):
         params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
@@ -40,7 +40,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             memory = getattr(compression, "memory", None)
         trained = [(name_of[p], p) for p in params if p.requires_grad]
         self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self,
-                                 dense_compressor=dense_compression, local=local_communicator)
+                                 dense_compressor=dense_compression, local=local_communicator,
+                                 nonfinite=nonfinite)
         self._name_of = name_of
         self._passes = backward_passes_per_step
         self._pending = {}
@@ -53,6 +54,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._synchronized = False
         self._should_synchronize = True
         self._steps = 0
+        self.step_skipped = False
 
     def _hook(self, p):
         if p in self._pending:
@@ -66,8 +68,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def synchronize(self):
         """Start what has not started (parameters without a gradient this step send zeros), wait for every
-        exchange, write the averaged gradients into ``p.grad``. A second call before ``step()`` warns and
-        does nothing (exchanging averaged gradients again would feed them into the residuals twice)."""
+        exchange, write the averaged gradients into ``p.grad``, and agree with every rank whether any gradient
+        was non-finite (then ``step_skipped`` is True: ``step()`` changes nothing, residuals and compressor
+        state are rolled back; or, with ``nonfinite="stop"``, FloatingPointError on every rank). A second
+        call before ``step()`` warns and does nothing (exchanging averaged gradients again would feed them
+        into the residuals twice)."""
         if self._synchronized:
             warnings.warn("synchronize() called twice before step(); the gradients were exchanged once")
             return
@@ -81,6 +86,12 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._delay = dict.fromkeys(self._delay, self._passes)
         self._synchronized = True
         self.exchange.collect()
+        self.step_skipped = self.exchange.end_step()
+
+    @property
+    def skipped_steps(self):
+        """Steps skipped on every rank because some rank's gradient was non-finite."""
+        return self.exchange.skipped_steps
 
     @property
     def last_exchange(self):
@@ -111,6 +122,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self.synchronize()
         self._synchronized = False
         self._steps += 1
+        if self.step_skipped:
+            return None
         return step_corrected(self, unhooked(self._base_class.step), self.exchange.corrected, closure)
 
     def zero_grad(self, set_to_none=True):
@@ -122,12 +135,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return self._base_class.zero_grad(self, set_to_none)
 
     def load_state_dict(self, state_dict):
-        """Load the wrapped optimizer's state; exchanges in flight are finished and discarded, counters reset,
+        """Load the wrapped optimizer's state; exchanges in flight are finished and rolled back, counters reset,
         and a momentum-correcting memory follows the loaded momentum (weight decay is read live anyway)."""
         if self._pending:
             self.exchange.finish(list(self._pending.values()))
             self._pending.clear()
             self.exchange.stats = self.exchange.zero_stats()
+            self.exchange.rollback()
         self._base_class.load_state_dict(self, state_dict)
         self._reset_counters()
         self.exchange.follow_optimizer()
@@ -156,7 +170,8 @@ class DenseStats:
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
-                         communicator=None, memory=None, dense_compression=None, hierarchical=False):
+                         communicator=None, memory=None, dense_compression=None, hierarchical=False,
+                         nonfinite="skip"):
     """Make ``optimizer`` average its gradients over all workers through ``compression`` (default: dense
     allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none); tensors too small
     to compress go through ``dense_compression`` (default: dense fp32; e.g. ``FP16Compressor()``).
@@ -164,6 +179,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     :mod:`dgc.exchange`; needs ``hvd.init(process_sets="dynamic")``); True builds the communicators with
     :func:`~dgc.horovod.communicator.hierarchical_communicators`, a ``(leaders, local)`` pair is used as
     given (e.g. wrapped in :class:`dgc.fused.FusedCommunicator`), and ``communicator`` must then be None.
+    ``nonfinite``: a step in which any rank's gradient has NaN/Inf is skipped on every rank ("skip": as if
+    that batch had been left out; ``skipped_steps`` counts them) or stops every rank with FloatingPointError
+    ("stop"); agreed with one 4-byte allreduce per step.
     Leaders then start more collectives than the other ranks: name every Horovod collective you call yourself
     (Horovod's unnamed ones are numbered per process, so they would no longer match and would hang).
 
@@ -192,7 +210,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     if scheduler_step is not None:
         _count_steps_for_scheduler(optimizer, scheduler_step)
     optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator,
-                     dense_compression, local)
+                     dense_compression, local, nonfinite)
     return optimizer
 
 

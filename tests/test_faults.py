@@ -1,0 +1,146 @@
+"""Non-finite gradients with N logical workers in one process: a step in which any rank has NaN/Inf is skipped
+on every rank as if its batch had been left out (memory and compressor state rolled back, bit for bit), or
+stops every rank; the memory's transactions themselves."""
+import pytest
+import torch
+
+from dgc.compressors.dgc import DGCCompressor
+from dgc.compressors.powersgd import PowerSGDCompressor
+from dgc.compressors.signum import SignumCompressor
+from dgc.compressors.topk import TopKCompressor
+from dgc.exchange import Exchange
+from dgc.inprocess import InProcessGroup
+from dgc.memory import DGCSGDMemory, Memory, ResidualMemory
+
+SHAPES = {"conv": (16, 8, 3, 3), "fc": (30, 64), "bias": (30,)}
+RANKS = 3
+
+
+def named():
+    return [(n, torch.nn.Parameter(torch.zeros(s))) for n, s in SHAPES.items()]
+
+
+def grads(rank, step, bad=None):
+    gen = torch.Generator().manual_seed(97 * rank + step)
+    g = {n: torch.randn(s, generator=gen) for n, s in SHAPES.items()}
+    if bad is not None:
+        g[bad[0]].view(-1)[3] = bad[1]
+    return g
+
+
+def run(make, steps, poison=None, local_size=None):
+    """Every rank's averages of the steps that counted, the skip decisions, and its final memory and
+    compressor state. ``poison``: (step, rank, name, value) put into that rank's gradient."""
+    def worker(comm):
+        compressor, memory = make()
+        ex = Exchange(named(), comm, compressor, memory, nonfinite="skip")
+        averages, skipped = [], []
+        for step in steps:
+            bad = (poison[2], poison[3]) if poison and (step, comm.rank) == poison[:2] else None
+            g = grads(comm.rank, step, bad)
+            ex.finish([ex.start(n, t) for n, t in g.items()])
+            skipped.append(ex.end_step())
+            if not skipped[-1]:
+                averages.append(g)
+        return averages, skipped, ex.memory.state_dict(), ex.compressor.state_dict(), ex.skipped_steps
+    return InProcessGroup(RANKS).run(worker)
+
+
+MAKERS = {
+    "dgc+momentum": lambda: (DGCCompressor(0.05, min_compress_numel=100), DGCSGDMemory(momentum=0.9)),
+    "topk+residual": lambda: (TopKCompressor(0.05, min_compress_numel=100), ResidualMemory()),
+    "powersgd": lambda: (PowerSGDCompressor(rank=2, min_compress_numel=100), ResidualMemory()),
+    "signum": lambda: (SignumCompressor(min_compress_numel=100), Memory()),
+}
+
+
+def assert_same_state(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_state(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("make", MAKERS.values(), ids=MAKERS.keys())
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_bad_step_on_one_rank_is_skipped_everywhere_as_if_left_out(make, value):
+    torch.manual_seed(0)
+    poisoned = run(make, [0, 1, 2, 3], poison=(1, 1, "conv", value))
+    torch.manual_seed(0)
+    left_out = run(make, [0, 2, 3])
+    for rank in range(RANKS):
+        averages, skipped, memory, compressor, count = poisoned[rank]
+        assert skipped == [False, True, False, False] and count == 1
+        assert_same_state(averages, left_out[rank][0])
+        assert_same_state(memory, left_out[rank][2])
+        assert_same_state(compressor, left_out[rank][3])
+
+
+def test_a_bad_dense_tensor_is_caught_too():
+    results = run(MAKERS["topk+residual"], [0, 1], poison=(0, 2, "bias", float("-inf")))
+    assert all(r[1] == [True, False] for r in results)
+
+
+def test_stop_raises_on_every_rank_and_names_the_parameter_where_it_was():
+    messages = {}
+
+    def worker(comm):
+        ex = Exchange(named(), comm, TopKCompressor(0.05, min_compress_numel=100), ResidualMemory(), nonfinite="stop")
+        g = grads(comm.rank, 0, ("fc", float("nan")) if comm.rank == 2 else None)
+        ex.finish([ex.start(n, t) for n, t in g.items()])
+        with pytest.raises(FloatingPointError) as error:
+            ex.end_step()
+        messages[comm.rank] = str(error.value)
+        assert all(not r.any() for r in ex.memory.state_dict()["residuals"].values())   # as before the step
+    InProcessGroup(RANKS).run(worker)
+    assert "on this rank in ['fc']" in messages[2]
+    assert "on another rank" in messages[0] and "on another rank" in messages[1]
+
+
+def test_hierarchical_bad_gradient_on_a_non_leader_is_skipped_by_every_rank():
+    world, leaders = InProcessGroup(4), InProcessGroup(2)
+    hosts = [InProcessGroup(2), InProcessGroup(2)]
+
+    def worker(comm):
+        host, local_rank = divmod(comm.rank, 2)
+        ex = Exchange(named(), leaders.communicator(host) if local_rank == 0 else None,
+                      TopKCompressor(0.05, min_compress_numel=100), ResidualMemory(),
+                      local=hosts[host].communicator(local_rank), nonfinite="skip")
+        decisions = []
+        for step in range(2):
+            g = grads(comm.rank, step, ("fc", float("nan")) if (step, comm.rank) == (0, 3) else None)
+            ex.finish([ex.start(n, t) for n, t in g.items()])
+            decisions.append(ex.end_step())
+        return decisions, ex.memory.state_dict()
+    results = world.run(worker)
+    assert all(d == [True, False] for d, _ in results)
+    assert set(results[0][1]["residuals"]) == {"conv", "fc"} and results[1][1]["residuals"] == {}
+    assert all(r.any() for r in results[0][1]["residuals"].values())     # step 1 counted
+
+
+def test_invalid_policy_is_named():
+    with pytest.raises(ValueError, match="nonfinite='sometimes'"):
+        Exchange(named(), InProcessGroup(1).communicator(0), nonfinite="sometimes")
+
+
+@pytest.mark.parametrize("memory", [ResidualMemory(), DGCSGDMemory(momentum=0.9)], ids=["residual", "dgc"])
+def test_memory_transaction_commits_or_rolls_back(memory):
+    memory.transactional = True
+    grad = torch.arange(6.0)
+    memory.compensate(grad, "w")
+    memory.commit()
+    before = {k: {n: t.clone() for n, t in v.items()} for k, v in memory.state_dict().items()}
+    memory.compensate(grad * 5, "w")
+    memory.rollback()
+    assert_same_state(memory.state_dict(), before)
+    memory.compensate(grad * 5, "w")
+    memory.commit()
+    assert not torch.equal(next(iter(memory.state_dict().values()))["w"], next(iter(before.values()))["w"])
