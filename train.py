@@ -9,6 +9,7 @@ directory (``runs/<dataset>.<model>[.<extra configs>].np<N>`` unless --run-dir) 
 TensorBoard events, metrics.json and checkpoints; a run directory with a checkpoint resumes from it.
 """
 import argparse
+import contextlib
 import math
 import pathlib
 import sys
@@ -62,7 +63,7 @@ def build_optimizer(cfg, model, world_size, communicator=None):
     scale = world_size if cfg.train.scale_lr_by_workers else 1
     optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
     passes = cfg.train.backward_passes_per_step
-    if cfg.train.compression is None:
+    if cfg.train.compression is None:     # Horovod's own: no skipping, no loss scaling (check_config)
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                              compression=hvd.Compression.none, backward_passes_per_step=passes)
         return optimizer, dgc_hvd.DenseStats(model.named_parameters())
@@ -77,9 +78,14 @@ def build_optimizer(cfg, model, world_size, communicator=None):
         from dgc.fused import FusedCommunicator
         communicator = communicator and FusedCommunicator(communicator)
         local = local and FusedCommunicator(local)
+    loss_scale = None
+    if cfg.train.amp == "fp16":
+        from dgc.amp import LossScale
+        loss_scale = LossScale(cfg.train.amp_init_scale)
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                              compression=cfg.train.compression(), memory=memory,
                                              backward_passes_per_step=passes, dense_compression=dense,
+                                             nonfinite=cfg.train.nonfinite, loss_scale=loss_scale,
                                              **({"hierarchical": (communicator, local)} if local is not None
                                                 else {"communicator": communicator}))
     return optimizer, optimizer.exchange
@@ -165,6 +171,16 @@ def check_config(cfg):
     if cfg.train.hierarchical and cfg.train.compression is None:
         raise ConfigError("train.hierarchical=True needs a compression (train.compression is None: Horovod's own "
                           "allreduce, which is made hierarchical by HOROVOD_HIERARCHICAL_ALLREDUCE=1 instead)")
+    if cfg.train.nonfinite not in ("skip", "stop"):
+        raise ConfigError(f"config key 'train.nonfinite' must be 'skip' or 'stop', got {cfg.train.nonfinite!r}")
+    if cfg.train.amp not in (None, "bf16", "fp16"):
+        raise ConfigError(f"config key 'train.amp' must be None, 'bf16' or 'fp16', got {cfg.train.amp!r}")
+    if cfg.train.amp == "fp16" and cfg.train.compression is None:
+        raise ConfigError("train.amp='fp16' needs a compression (its loss scaling and overflow skipping live in the "
+                          "dgc exchange); the Horovod baseline runs with train.amp='bf16' or None")
+    scale = cfg.train.amp_init_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ConfigError(f"config key 'train.amp_init_scale' must be a positive number, got {scale!r}")
     every = cfg.train.measure_error_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"config key 'train.measure_error_every' must be an int >= 0 (0: never), got {every!r}")
@@ -189,6 +205,8 @@ def train(args, cfg, dataset):
     description = cfg.describe()
 
     model = cfg.model()
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+    autocast = (lambda: torch.autocast("cpu", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     data_lib.seed_rank(cfg.seed, rank)
     # Inputs only: channels_last parameters would give non-contiguous gradients, which Horovod refuses.
     channels_last = cfg.train.channels_last
@@ -253,6 +271,7 @@ def train(args, cfg, dataset):
         seen = steps = bytes_sent = 0
         sums = {"compression_ratio": 0.0, "compress_s": 0.0, "decompress_s": 0.0}
         errors, snrs = [], []
+        skipped_before = exchange.skipped_steps
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=rank != 0 or None,
                    leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
@@ -261,10 +280,12 @@ def train(args, cfg, dataset):
             exchange.measure_error = every > 0 and (epoch * steps_per_epoch + steps + 1) % every == 0
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x)
-            loss = torch.nn.functional.cross_entropy(out, y)
+            with autocast():
+                out = model(x)
+                loss = torch.nn.functional.cross_entropy(out, y)
             passes_in_step = min(passes, num_batches - i // passes * passes)
-            (loss / passes_in_step).backward()
+            scale = exchange.loss_scale.value if cfg.train.amp == "fp16" else 1.0
+            (loss * (scale / passes_in_step)).backward()
             loss_sum += loss.detach().double() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -299,6 +320,8 @@ def train(args, cfg, dataset):
                   "decompress_ms": 1000 * sums["decompress_s"] / max(steps, 1),
                   "relative_error": sum(errors) / len(errors) if errors else None,
                   "snr_db": sum(snrs) / len(snrs) if snrs else None,
+                  "skipped_steps": exchange.skipped_steps - skipped_before,
+                  "loss_scale": exchange.loss_scale.value if cfg.train.amp == "fp16" else None,
                   "lr": optimizer.param_groups[0]["lr"]}
         log.epoch(record)
         if rank == 0:

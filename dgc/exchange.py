@@ -77,12 +77,19 @@ class Exchange:
     rank, and :meth:`end_step` (once per step, on every rank) agrees over all ranks whether any had one;
     then every rank rolls back its memory and compressor state ("skip": the step never happened, its
     average must not be applied; counted in ``skipped_steps``) or raises FloatingPointError ("stop").
+    ``loss_scale``: a :class:`dgc.amp.LossScale` the loss was multiplied by (fp16 autocast): gradients are
+    divided by it before anything else (an overflow is still seen, and skipped), and it is updated with
+    every step's skip decision and checkpointed here; needs ``nonfinite``.
     """
 
     def __init__(self, named_parameters, communicator, compressor=None, memory=None, optimizer=None,
-                 dense_compressor=None, local=None, nonfinite=None):
+                 dense_compressor=None, local=None, nonfinite=None, loss_scale=None):
         if nonfinite not in (None, "skip", "stop"):
             raise ValueError(f"Exchange: nonfinite={nonfinite!r}; expected None (raise at once), 'skip' or 'stop'")
+        if loss_scale is not None and nonfinite is None:
+            raise ValueError("Exchange: a loss_scale needs nonfinite='skip' or 'stop' (overflow steps are normal "
+                             "with fp16 loss scaling and must be skipped on every rank)")
+        self.loss_scale = loss_scale
         if local is not None and (local.rank == 0) != (communicator is not None):
             raise ValueError(f"Exchange: hierarchical rank {local.rank} of its host "
                              f"{'has no' if local.rank == 0 else 'has a'} leaders' communicator; the leader "
@@ -226,6 +233,8 @@ class Exchange:
             if not _check_gradient(flat, route.name, raise_nonfinite=self.nonfinite is None):
                 self._bad.append(route.name)
                 flat = torch.zeros_like(flat)       # compressors see finite values; the step is rolled back
+            elif self.loss_scale is not None:
+                flat = flat / self.loss_scale.value
         if route.compressed:
             if route.param in self.corrected and self.optimizer is not None:
                 group = self.optimizer.param_groups[route.group]
@@ -254,7 +263,10 @@ class Exchange:
             flag = self.communicator.wait(self._flag if self._flag is not None else self._start_flag())
         bad, snapshot = self._bad, self._snapshot
         self._bad, self._snapshot, self._flag = [], None, None
-        if float(flag.reshape(-1)[0]) == 0:
+        skipped = float(flag.reshape(-1)[0]) != 0
+        if self.loss_scale is not None:
+            self.loss_scale.update(skipped)
+        if not skipped:
             self.memory.commit()
             return False
         self.rollback(snapshot)
@@ -347,11 +359,18 @@ class Exchange:
 
     def state_dict(self):
         """This rank's compressor and memory state (residuals differ per rank: checkpoint each rank's)."""
-        return {"compressor": self.compressor.state_dict(), "memory": self.memory.state_dict()}
+        state = {"compressor": self.compressor.state_dict(), "memory": self.memory.state_dict(),
+                 "skipped_steps": self.skipped_steps}
+        if self.loss_scale is not None:
+            state["loss_scale"] = self.loss_scale.state_dict()
+        return state
 
     def load_state_dict(self, state):
         self.compressor.load_state_dict(state["compressor"])
         self.memory.load_state_dict(state["memory"])
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if self.loss_scale is not None and "loss_scale" in state:
+            self.loss_scale.load_state_dict(state["loss_scale"])
 
 
 def _check_gradient(flat, name, raise_nonfinite=True):

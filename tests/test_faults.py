@@ -144,3 +144,42 @@ def test_memory_transaction_commits_or_rolls_back(memory):
     memory.compensate(grad * 5, "w")
     memory.commit()
     assert not torch.equal(next(iter(memory.state_dict().values()))["w"], next(iter(before.values()))["w"])
+
+
+def test_loss_scaled_gradients_enter_the_memory_unscaled_and_an_overflow_changes_nothing():
+    """fp16 loss scaling: the exchange divides by the scale before the memory, so a scaled run's residuals
+    equal an unscaled run's; an overflow step (inf on one rank) leaves every rank's residuals as they were and
+    halves the scale; growth after growth_interval good steps."""
+    from dgc.amp import LossScale
+
+    def worker(comm, scaled):
+        scale = LossScale(init_scale=1024.0, growth_interval=2) if scaled else None
+        ex = Exchange(named(), comm, TopKCompressor(0.05, min_compress_numel=100), ResidualMemory(),
+                      nonfinite="skip", loss_scale=scale)
+        states, scales = [], []
+        for step in range(4):
+            factor = scale.value if scaled else 1.0
+            g = {n: t * factor for n, t in grads(comm.rank, step).items()}
+            if scaled and step == 1 and comm.rank == 0:
+                g["fc"].view(-1)[0] = float("inf")        # the overflow fp16 backward produces
+            ex.finish([ex.start(n, t) for n, t in g.items()])
+            ex.end_step()
+            states.append({n: t.clone() for n, t in ex.memory.state_dict()["residuals"].items()})
+            scales.append(scale.value if scaled else None)
+        return states, scales
+    scaled = InProcessGroup(RANKS).run(lambda comm: worker(comm, True))
+    plain = InProcessGroup(RANKS).run(lambda comm: worker(comm, False))
+    for rank in range(RANKS):
+        states, scales = scaled[rank]
+        assert scales == [1024.0, 512.0, 512.0, 1024.0]
+        assert_same_state(states[1], states[0])                       # the overflow step changed nothing
+        for name in ("conv", "fc"):                                   # scaled by a power of 2: exact
+            assert torch.equal(states[0][name], plain[rank][0][0][name])
+
+
+def test_loss_scale_needs_a_nonfinite_policy_and_sane_arguments():
+    from dgc.amp import LossScale
+    with pytest.raises(ValueError, match="loss_scale needs nonfinite"):
+        Exchange(named(), InProcessGroup(1).communicator(0), loss_scale=LossScale())
+    with pytest.raises(ValueError, match="backoff_factor=2"):
+        LossScale(backoff_factor=2)

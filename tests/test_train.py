@@ -48,6 +48,9 @@ def run_plain(*args):
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.optimizer.momentum=0.0", "train.optimizer.nesterov=True"],
      "train.py: error: train.optimizer with this compression and memory: Nesterov momentum requires a momentum"),
     (["--configs", *DIGITS, "train.hierarchical=True"], "train.hierarchical=True needs a compression"),
+    (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.nonfinite='sometimes'"], "train.nonfinite.*'sometimes'"),
+    (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.amp='fp8'"], "train.amp.*None, 'bf16' or 'fp16'.*'fp8'"),
+    (["--configs", *DIGITS, "train.amp='fp16'"], "train.amp='fp16' needs a compression"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
     result = run_plain("train.py", *args, "--run-dir", str(tmp_path / "run"))
@@ -103,6 +106,22 @@ def test_hierarchical_run_over_two_hosts_of_two_ranks(tmp_path):
     hier = results["hier"]
     assert hier["num_workers"] == 4 and hier["final_test_top1"] > results["flat"]["final_test_top1"] - 3, results
     assert hier["history"][-1]["compression_ratio"] < 0.05, hier["history"][-1]
+
+
+def test_mixed_precision_with_dgc_skips_overflow_steps_and_learns(tmp_path):
+    """train.amp='fp16' from a loss scale of 2^24 (fp16 overflows: the first steps are skipped on both ranks and
+    the scale halves until it fits) and train.amp='bf16' (no scaling) learn within 5 points of the fp32 run."""
+    results = {}
+    for name, extra in (("fp32", []), ("fp16", ["train.amp='fp16'", "train.amp_init_scale=16777216.0"]),
+                        ("bf16", ["train.amp='bf16'"])):
+        horovodrun(2, train_args(DIGITS + ["configs/dgc/wm5.py"], tmp_path / name, "train.num_epochs=4", *extra))
+        results[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    first = results["fp16"]["history"][0]
+    assert first["skipped_steps"] >= 1 and first["loss_scale"] < 2 ** 24, first
+    assert sum(h["skipped_steps"] for h in results["fp32"]["history"]) == 0
+    assert scalars(tmp_path / "fp16")["epoch/skipped_steps"][0] == first["skipped_steps"]
+    for name in ("fp16", "bf16"):
+        assert results[name]["final_test_top1"] > results["fp32"]["final_test_top1"] - 5, (name, results[name])
 
 
 def test_ranks_draw_different_augmentations_reproducibly():

@@ -51,7 +51,8 @@ class RunLog:
         if self.writer is None:
             return
         for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "images_per_s",
-                    "lr", "compression_ratio", "compress_ms", "decompress_ms", "relative_error", "snr_db"):
+                    "lr", "compression_ratio", "compress_ms", "decompress_ms", "relative_error", "snr_db",
+                    "skipped_steps", "loss_scale"):
             if record.get(key) is not None:
                 self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
         self.writer.add_scalar("epoch/time_s", record["epoch_time_s"], record["epoch"])
@@ -73,6 +74,7 @@ class RunLog:
                 "bytes_per_step": total_bytes / steps if steps else None,
                 **{f"mean_{key}": _mean(hist, key) for key in ("compression_ratio", "compress_ms", "decompress_ms",
                                                                 "relative_error", "snr_db")},
+                "skipped_steps": sum(h.get("skipped_steps", 0) for h in hist),
                 "total_bytes_sent": total_bytes,
                 "wall_time_s": hist[-1]["cumulative_time_s"] if hist else 0.0,
                 "history": hist}

@@ -18,7 +18,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class by :func:`DistributedOptimizer`."""
 
     def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator,
-               dense_compression=None, local_communicator=None, nonfinite="skip"):
+               dense_compression=None, local_communicator=None, nonfinite="skip", loss_scale=None):
         params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
@@ -41,7 +41,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         trained = [(name_of[p], p) for p in params if p.requires_grad]
         self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self,
                                  dense_compressor=dense_compression, local=local_communicator,
-                                 nonfinite=nonfinite)
+                                 nonfinite=nonfinite, loss_scale=loss_scale)
         self._name_of = name_of
         self._passes = backward_passes_per_step
         self._pending = {}
@@ -155,6 +155,8 @@ class DenseStats:
     def __init__(self, named_parameters):
         numel = sum(p.numel() for _, p in named_parameters if p.requires_grad)
         self.measure_error = False
+        self.skipped_steps = 0
+        """Horovod's own optimizer skips no step (a non-finite gradient reaches the weights)."""
         self.last_exchange = {"bytes_sent": 4 * numel, "values_sent": numel, "compress_s": 0.0,
                               "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": 1.0,
                               "density": 1.0, "relative_error": None, "snr_db": None}
@@ -171,7 +173,7 @@ class DenseStats:
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
                          communicator=None, memory=None, dense_compression=None, hierarchical=False,
-                         nonfinite="skip"):
+                         nonfinite="skip", loss_scale=None):
     """Make ``optimizer`` average its gradients over all workers through ``compression`` (default: dense
     allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none); tensors too small
     to compress go through ``dense_compression`` (default: dense fp32; e.g. ``FP16Compressor()``).
@@ -181,7 +183,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     given (e.g. wrapped in :class:`dgc.fused.FusedCommunicator`), and ``communicator`` must then be None.
     ``nonfinite``: a step in which any rank's gradient has NaN/Inf is skipped on every rank ("skip": as if
     that batch had been left out; ``skipped_steps`` counts them) or stops every rank with FloatingPointError
-    ("stop"); agreed with one 4-byte allreduce per step.
+    ("stop"); agreed with one 4-byte allreduce per step. ``loss_scale``: a :class:`dgc.amp.LossScale` for fp16
+    autocast (multiply the loss by ``loss_scale.value``; the exchange unscales and updates it).
     Leaders then start more collectives than the other ranks: name every Horovod collective you call yourself
     (Horovod's unnamed ones are numbered per process, so they would no longer match and would hang).
 
@@ -210,7 +213,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     if scheduler_step is not None:
         _count_steps_for_scheduler(optimizer, scheduler_step)
     optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator,
-                     dense_compression, local, nonfinite)
+                     dense_compression, local, nonfinite, loss_scale)
     return optimizer
 
 

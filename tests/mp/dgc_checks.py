@@ -6,6 +6,8 @@
    worker's sent values + residual equal what it accumulated (conservation), fp32 and fp16 values.
 3. Gradient accumulation over backward_passes_per_step=2 equals one pass on the summed gradient.
 4. hvd.broadcast_optimizer_state on a fresh DGC optimizer runs no exchange and moves no parameter.
+5. A NaN batch on the last rank at step 3: the step is skipped on every rank, and the weights and residuals
+   equal a run that left that step's batches out; with nonfinite="stop" every rank raises, none hangs.
 """
 import copy
 
@@ -125,6 +127,39 @@ def check_accumulation():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def check_nonfinite():
+    from dgc.compressors.topk import TopKCompressor
+
+    def run(data, nonfinite="skip"):
+        net = model()
+        memory = DGCSGDMemory()
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
+                                           named_parameters=net.named_parameters(), memory=memory,
+                                           compression=TopKCompressor(0.01, min_compress_numel=1000),
+                                           nonfinite=nonfinite)
+        train(net, opt, data)
+        return net, opt, memory
+
+    data = batches(6, seed_offset=7)
+    poisoned = [(x.clone(), y) for x, y in data]
+    if RANK == SIZE - 1:
+        poisoned[3][0][0, 0] = float("nan")
+    net, opt, memory = run(poisoned)
+    ref_net, ref_opt, ref_memory = run(data[:3] + data[4:])
+    assert opt.skipped_steps == 1 and ref_opt.skipped_steps == 0
+    for a, b in zip(net.parameters(), ref_net.parameters()):
+        assert torch.equal(a, b)
+    for key in memory.buffers:
+        for name in memory.buffers[key]:
+            assert torch.equal(memory.buffers[key][name], ref_memory.buffers[key][name]), (key, name)
+    try:
+        run(poisoned, nonfinite="stop")
+    except FloatingPointError as error:
+        assert ("on this rank" if RANK == SIZE - 1 else "on another rank") in str(error), str(error)
+    else:
+        raise AssertionError("nonfinite='stop' did not stop")
+
+
 def check_fresh_state_broadcast():
     net = model()
     opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1),
@@ -144,4 +179,5 @@ check_exchange_and_conservation(fp16=False)
 check_exchange_and_conservation(fp16=True)
 check_accumulation()
 check_fresh_state_broadcast()
+check_nonfinite()
 print(f"rank {RANK}/{SIZE}: dgc checks ok")
