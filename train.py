@@ -11,6 +11,7 @@ TensorBoard events, metrics.json and checkpoints; a run directory with a checkpo
 import argparse
 import contextlib
 import math
+import os
 import pathlib
 import sys
 import time
@@ -111,6 +112,44 @@ def check_training_setup(cfg):
         raise ConfigError(f"train.optimizer with this compression and memory: {error}") from None
 
 
+def code_digest():
+    """SHA-256 of the code every rank runs (train.py, dgc/, training/, models/, configs/), to compare across ranks."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted([ROOT / "train.py", *(p for d in ("dgc", "training", "models", "configs")
+                                             for p in (ROOT / d).rglob("*.py"))]):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def check_ranks_agree(hvd, description):
+    """Every rank must run the same config and code (a host with another checkout or other overrides would
+    train something else silently): compare digests across ranks before anything is trained. Returns an
+    error message naming the differing ranks, or None."""
+    import hashlib
+    mine = (hashlib.sha256(description.encode()).hexdigest(), code_digest())
+    everyone = hvd.allgather_object(mine, name="dgc.fingerprints")
+    for what, index in (("config", 0), ("code", 1)):
+        differ = [r for r, f in enumerate(everyone) if f[index] != everyone[0][index]]
+        if differ:
+            return (f"ranks {differ} run a different {what} than rank 0 ({what} digests "
+                    f"{sorted({f[index][:12] for f in everyone})}); start every rank with the same "
+                    f"{'checkout' if what == 'code' else 'config files and overrides'}")
+    return None
+
+
+def probe_writable(folder):
+    """Create ``folder`` and write and remove a probe file there; return an error message, or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}"
+        probe.write_bytes(b"dgc")
+        probe.unlink()
+    except OSError as error:
+        return f"run directory {folder} is not writable ({error.strerror or error}); choose another --run-dir"
+    return None
+
+
 def evaluate(model, loader, hvd, channels_last, name):
     """Loss, top-1 and top-5 (percent) over the whole test set (each rank holds a disjoint shard)."""
     import torch
@@ -203,6 +242,11 @@ def train(args, cfg, dataset):
     ckpt_dir = run_dir / "checkpoints"
     main_ckpt = pathlib.Path(args.checkpoint) if args.checkpoint else ckpt_dir / "checkpoint.pt"
     description = cfg.describe()
+    problem = check_ranks_agree(hvd, description)
+    if problem:
+        if rank == 0:
+            print(f"train.py: error: {problem}", file=sys.stderr)
+        return 2
 
     model = cfg.model()
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
@@ -223,6 +267,12 @@ def train(args, cfg, dataset):
     # The last step of an epoch takes the passes that are left (num_batches need not divide): nothing is
     # carried into the next epoch.
     steps_per_epoch = math.ceil(num_batches / passes)
+    problems = hvd.allgather_object(probe_writable(ckpt_dir), name="dgc.probe")  # every rank stops alike
+    problem = next((f"rank {r}: {p}" for r, p in enumerate(problems) if p), None)
+    if problem:
+        if rank == 0:
+            print(f"train.py: error: {problem}", file=sys.stderr)
+        return 2
     optimizer, exchange = build_optimizer(cfg, model, world)
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
 
@@ -238,8 +288,9 @@ def train(args, cfg, dataset):
         return 0
 
     try:
-        start_epoch, history = ckpt.resume(main_ckpt, ckpt_dir, rank, description, model, optimizer, scheduler,
-                                           exchange)
+        start_epoch, history = ckpt.resume(main_ckpt, ckpt_dir, rank, world, description, model, optimizer,
+                                           scheduler, exchange, all_ok=lambda ok: hvd.allreduce(
+                                               torch.tensor(float(ok)), op=hvd.Min, name="dgc.resume").item() == 1)
     except ckpt.ResumeError as error:
         if rank == 0:
             print(f"train.py: error: {error}", file=sys.stderr)
@@ -329,7 +380,7 @@ def train(args, cfg, dataset):
                   f"train_top1={record['train_top1']:.2f} test_loss={record['test_loss']:.4f} "
                   f"test_top1={record['test_top1']:.2f} ratio={record['compression_ratio']:.5f} "
                   f"time={record['epoch_time_s']:.1f}s", flush=True)
-        ckpt.save(main_ckpt, ckpt_dir, rank, epoch + 1, description, model, optimizer, scheduler, exchange,
+        ckpt.save(main_ckpt, ckpt_dir, rank, world, epoch + 1, description, model, optimizer, scheduler, exchange,
                   log.history, barrier=hvd.barrier)
     log.close()
     if rank == 0 and log.history:

@@ -13,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import HOROVODRUN, ROOT, horovodrun
+from training.checkpoint import load as load_checkpoint
 
 DIGITS = ["configs/digits/digitsnet.py"]
 DGC_CIFAR = ["configs/dgc/wm5.py", "configs/dgc/fp16.py", "configs/dgc/int32.py"]
@@ -190,40 +191,96 @@ def test_cifar10_smoke(dgc, tmp_path):
     assert f"test_top1={metrics['final_test_top1']:.4f}" in result.stdout
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-    """kill -9 of the launcher after a checkpoint, same command again: resumes at the next epoch with the
-    saved residuals and ends exactly where an uninterrupted run ends (tolerance: weights within 1e-6,
-    identical test accuracy; the run is deterministic on the CPU)."""
+def worker_pid(rank, marker):
+    """The pid of the training process of Horovod rank ``rank`` whose command line contains ``marker``."""
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"train.py" in cmdline and marker.encode() in cmdline and f"HOROVOD_RANK={rank}".encode() in environ:
+            return int(entry)
+    return None
+
+
+def test_kill_one_worker_ends_the_job_and_resume_matches_uninterrupted_run(tmp_path):
+    """kill -9 of one worker (rank 1) mid-run: the whole job ends within 60 s (no hang); the same command
+    resumes from the last complete checkpoint with every rank's residuals and ends exactly where an
+    uninterrupted run ends (tolerance: weights within 1e-6, identical test accuracy; deterministic on CPU)."""
     args = train_args(DIGITS + ["configs/dgc/wm5.py"], tmp_path / "resumed", "train.num_epochs=10")
     horovodrun(2, train_args(DIGITS + ["configs/dgc/wm5.py"], tmp_path / "straight", "train.num_epochs=10"))
     cmd = [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *map(str, args)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-    deadline = time.time() + 120
-    # Rank files of epoch 4 are written after checkpoint.pt of epoch 3 (a barrier lies between), so once one
-    # exists the main checkpoint names epoch 3 or later.
-    while not (tmp_path / "resumed" / "checkpoints" / "rank1.epoch4.pt").exists():
-        assert time.time() < deadline and launcher.poll() is None, "no checkpoint of epoch 4 appeared"
-        time.sleep(0.02)
-    os.killpg(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt", weights_only=False)["epoch"]
+    try:
+        deadline = time.time() + 120
+        # Rank files of epoch 4 are written after checkpoint.pt of epoch 3 (a barrier lies between), so once
+        # one exists the main checkpoint names epoch 3 or later.
+        while not (tmp_path / "resumed" / "checkpoints" / "rank1.epoch4.pt").exists():
+            assert time.time() < deadline and launcher.poll() is None, "no checkpoint of epoch 4 appeared"
+            time.sleep(0.02)
+        pid = worker_pid(1, str(tmp_path / "resumed"))
+        assert pid is not None, "rank 1's process not found"
+        os.kill(pid, signal.SIGKILL)
+        killed = time.time()
+        launcher.wait(timeout=60)
+        assert launcher.returncode != 0 and time.time() - killed < 60
+        assert worker_pid(0, str(tmp_path / "resumed")) is None, "rank 0 outlived the job"
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt")["epoch"]
     assert 3 <= saved < 10
     result = horovodrun(2, args)
     assert f"resuming {tmp_path / 'resumed'} at epoch {saved + 1}" in result.stdout
-    straight = torch.load(tmp_path / "straight" / "checkpoints" / "checkpoint.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt", weights_only=False)
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt")
     for name, value in straight["model"].items():
         assert torch.allclose(value.float(), resumed["model"][name].float(), atol=1e-6), name
     assert straight["history"][-1]["test_top1"] == resumed["history"][-1]["test_top1"]
     for rank in (0, 1):
-        a = torch.load(tmp_path / "straight" / "checkpoints" / f"rank{rank}.epoch10.pt", weights_only=False)
-        b = torch.load(tmp_path / "resumed" / "checkpoints" / f"rank{rank}.epoch10.pt", weights_only=False)
+        a = load_checkpoint(tmp_path / "straight" / "checkpoints" / f"rank{rank}.epoch10.pt")
+        b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / f"rank{rank}.epoch10.pt")
         for key, tensors in a["exchange"]["memory"].items():
             assert tensors, f"rank {rank} saved no {key}"
             for name, t in tensors.items():
                 assert torch.allclose(t, b["exchange"]["memory"][key][name], atol=1e-6), (rank, key, name)
+
+
+def test_ranks_with_different_configs_stop_before_training(tmp_path):
+    """A config that differs between ranks (here it reads the rank) is caught at start on every rank."""
+    config = tmp_path / "per_rank.py"
+    config.write_text("import os\nfrom training.config import configs\n"
+                      "configs.train.batch_size = 32 + int(os.environ.get('HOROVOD_RANK', '0'))\n")
+    result = horovodrun(2, train_args(DIGITS + [str(config)], tmp_path / "run"), check=False)
+    assert result.returncode != 0
+    assert "ranks [1] run a different config than rank 0" in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unwritable_run_directory_is_an_error_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = horovodrun(2, train_args(DIGITS, blocker / "run"), check=False)
+    assert result.returncode != 0
+    assert f"run directory {blocker / 'run' / 'checkpoints'} is not writable" in result.stderr + result.stdout
+    assert blocker.read_text() == "not a directory"
+
+
+def test_resume_on_another_number_of_workers_redistributes_the_residuals(tmp_path):
+    """2 workers for 2 epochs, then the same run on 3 workers and on 1: each resumes at epoch 3 with the
+    residuals redistributed (the sum is tested in test_checkpoint.py) and trains on."""
+    for world, epochs in ((2, 2), (3, 3), (1, 4)):
+        result = horovodrun(world, train_args(DIGITS + ["configs/dgc/wm5.py"], tmp_path / "run",
+                                              f"train.num_epochs={epochs}"))
+        if world != 2:
+            assert f"at epoch {epochs}" in result.stdout
+            assert "residuals redistributed" in result.stderr + result.stdout
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint.pt")
+    assert (state["epoch"], state["world_size"]) == (4, 1)
 
 
 def test_checkpoint_of_another_config_is_not_overwritten(tmp_path):

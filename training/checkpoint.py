@@ -5,23 +5,45 @@ end of each epoch every rank first writes ``rank<R>.epoch<E>.pt`` (its own excha
 momenta, compressor state; and its RNG states), then, after a barrier, rank 0 writes ``checkpoint.pt``
 (model, optimizer, schedule, epoch, metrics history, config text); so the rank files of the epoch that
 ``checkpoint.pt`` names always exist. Resuming loads both; a checkpoint of another config is refused.
+
+Every file ends with a SHA-256 of its contents, checked on load. The previous epoch's checkpoint is kept
+(``checkpoint.prev.pt`` and its rank files): when the newest is truncated or corrupt on any rank, every rank
+falls back to the previous one together, with a warning. Resuming with another number of workers
+redistributes the residuals: every new rank takes the old ranks' sum divided by the new count, so their sum
+(what is still owed to the model) is preserved.
 """
+import hashlib
+import io
 import os
 import pathlib
 import random
 import tempfile
+import warnings
 
 import numpy as np
 import torch
 
 
+MAGIC = b"DGCSHA256"
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file is truncated, altered or unreadable (the message names it)."""
+
+
 def atomic_save(obj, path):
+    """Write ``obj`` and its checksum to a temporary file beside ``path``, fsync, rename over ``path``: the file
+    is the old one or the new one, never a mix; on any error (a full disk) the old one stays and the
+    temporary file is removed."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    body = buffer.getvalue()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(body + MAGIC + hashlib.sha256(body).digest())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,44 +80,127 @@ def config_key(description):
     return "\n".join(line for line in description.splitlines() if not line.strip().startswith("num_epochs:"))
 
 
-def resume(main_ckpt, folder, rank, description, model, optimizer, scheduler, exchange):
-    """Continue from ``main_ckpt`` if it exists: load model, optimizer, schedule, this rank's exchange state
-    and RNG states; return ``(epochs done, metrics history)``, or ``(0, [])`` for a fresh run."""
+def previous(main_ckpt):
     main_ckpt = pathlib.Path(main_ckpt)
-    if not main_ckpt.is_file():
-        return 0, []
-    state = load(main_ckpt)
-    if config_key(state["config"]) != config_key(description):
-        raise ResumeError(f"{main_ckpt.parent.parent} holds a checkpoint of a different config; pass --run-dir "
-                          "to start a new run there (nothing was changed)")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    rank_state = load(rank_file(folder, rank, state["epoch"]))
-    exchange.load_state_dict(rank_state["exchange"])
-    set_rng_state(rank_state["rng"])
-    return state["epoch"], state["history"]
+    return main_ckpt.with_name(f"{main_ckpt.stem}.prev{main_ckpt.suffix}")
 
 
-def save(main_ckpt, folder, rank, epoch, description, model, optimizer, scheduler, exchange, history, barrier):
-    """Checkpoint the end of ``epoch`` (1-based): every rank's file, ``barrier()``, rank 0's main file,
-    ``barrier()``, then each rank drops its older files."""
+def resume(main_ckpt, folder, rank, world, description, model, optimizer, scheduler, exchange, all_ok):
+    """Continue from ``main_ckpt`` (or, where it or a rank's file is corrupt on any rank, the previous
+    checkpoint) if one exists: load model, optimizer, schedule, this rank's exchange state (redistributed
+    when the number of workers changed) and RNG states; return ``(epochs done, metrics history)``, or
+    ``(0, [])`` for a fresh run. ``all_ok(bool)`` returns whether every rank passed True (a collective)."""
+    candidates = [c for c in (pathlib.Path(main_ckpt), previous(main_ckpt)) if c.is_file()]
+    for number, candidate in enumerate(candidates):
+        try:
+            state = load(candidate)
+            if config_key(state["config"]) != config_key(description):
+                raise ResumeError(f"{candidate.parent.parent} holds a checkpoint of a different config; pass "
+                                  "--run-dir to start a new run there (nothing was changed)")
+            rank_state = _rank_state(folder, rank, world, state)
+            problem = None
+        except CorruptCheckpoint as error:
+            problem = str(error)
+        if not all_ok(problem is None):
+            if number + 1 < len(candidates):
+                warnings.warn(f"checkpoint {candidate} is unusable on some rank ({problem or 'another rank'}); "
+                              "resuming from the previous one")
+                continue
+            raise ResumeError(f"no usable checkpoint in {candidate.parent}: {problem or 'corrupt on another rank'}; "
+                              "move the folder away to start afresh (nothing was changed)")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        exchange.load_state_dict(rank_state["exchange"])
+        if rank_state["rng"] is not None:
+            set_rng_state(rank_state["rng"])
+        return state["epoch"], state["history"]
+    return 0, []
+
+
+def _rank_state(folder, rank, world, state):
+    """This rank's exchange state and RNG state of the checkpoint ``state``: its own file when the number of
+    workers is the checkpoint's; else :func:`redistribute` over every old rank's file (and no RNG state)."""
+    old_world = state.get("world_size", world)
+    if old_world == world:
+        return load(rank_file(folder, rank, state["epoch"]))
+    olds = [load(rank_file(folder, r, state["epoch"]))["exchange"] for r in range(old_world)]
+    if rank == 0:
+        warnings.warn(f"the checkpoint of epoch {state['epoch']} was written by {old_world} workers, this run has "
+                      f"{world}: residuals redistributed (their sum preserved), random streams restarted")
+    return {"exchange": redistribute(olds, rank, world), "rng": None}
+
+
+def redistribute(old_states, rank, world):
+    """Rank ``rank`` of ``world``'s exchange state from the old ranks' states: every memory buffer is the old
+    ranks' sum divided by ``world`` (the sum of what is still owed is preserved); the compressor state and
+    counters are old rank ``rank % len(old_states)``'s."""
+    memory = {}
+    for state in old_states:
+        for key, buffers in state["memory"].items():
+            for name, tensor in buffers.items():
+                total = memory.setdefault(key, {}).get(name)
+                memory[key][name] = tensor.clone() if total is None else total.add_(tensor)
+    for buffers in memory.values():
+        for tensor in buffers.values():
+            tensor.div_(world)
+    return {**old_states[rank % len(old_states)], "memory": memory}
+
+
+def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, scheduler, exchange, history,
+         barrier):
+    """Checkpoint the end of ``epoch`` (1-based): every rank's file, ``barrier()``, rank 0 keeps the current
+    main file (if sound) as the previous one and writes the new one, ``barrier()``, then each rank drops its
+    files of epochs before ``epoch - 1``."""
     atomic_save({"epoch": epoch, "exchange": exchange.state_dict(), "rng": rng_state()}, rank_file(folder, rank, epoch))
     barrier()
+    main_ckpt = pathlib.Path(main_ckpt)
     if rank == 0:
-        atomic_save({"epoch": epoch, "config": description, "model": model.state_dict(),
+        if _sound(main_ckpt):
+            link = previous(main_ckpt).with_suffix(".tmp")
+            link.unlink(missing_ok=True)
+            os.link(main_ckpt, link)
+            os.replace(link, previous(main_ckpt))
+        atomic_save({"epoch": epoch, "world_size": world, "config": description, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history},
                     main_ckpt)
     barrier()
-    prune_rank_files(folder, rank, epoch)
+    prune_rank_files(folder, rank, epoch - 1)
+
+
+def _sound(path):
+    if not path.is_file():
+        return False
+    try:
+        load(path)
+    except CorruptCheckpoint:
+        return False
+    return True
 
 
 def prune_rank_files(folder, rank, keep_epoch):
-    """Drop this rank's files of epochs before ``keep_epoch`` (the main checkpoint no longer names them)."""
+    """Drop this rank's files of epochs before ``keep_epoch`` (no kept checkpoint names them)."""
     for path in pathlib.Path(folder).glob(f"rank{rank}.epoch*.pt"):
         if int(path.stem.split("epoch")[1]) < keep_epoch:
             path.unlink()
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a checkpoint file, checking its SHA-256; raise :class:`CorruptCheckpoint` naming it if the file
+    is truncated, altered, missing or unreadable."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CorruptCheckpoint(f"{path}: cannot be read ({error.strerror or error})") from None
+    tail = len(MAGIC) + 32
+    if len(data) >= tail and data[-tail:-32] == MAGIC:
+        body = data[:-tail]
+        if hashlib.sha256(body).digest() != data[-32:]:
+            raise CorruptCheckpoint(f"{path}: checksum mismatch (the file was altered or partly written)")
+    else:
+        body = data         # no checksum: a truncated file, or one written before checksums existed
+    try:
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CorruptCheckpoint(f"{path}: unreadable ({type(error).__name__}: {error})") from None
