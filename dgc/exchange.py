@@ -75,7 +75,8 @@ class Exchange:
     ``nonfinite``: None raises FloatingPointError at once on the rank whose gradient has NaN/Inf. "skip" or
     "stop" make steps transactions: a bad gradient is replaced by zeros, the step is finished alike on every
     rank, and :meth:`end_step` (once per step, on every rank) agrees over all ranks whether any had one;
-    then every rank rolls back its memory and compressor state ("skip": the step never happened, its
+    then every rank rolls back its memory (double-buffered: no copy) and compressor state (a stateful
+    compressor's state is copied at each step's start) ("skip": the step never happened, its
     average must not be applied; counted in ``skipped_steps``) or raises FloatingPointError ("stop").
     ``loss_scale``: a :class:`dgc.amp.LossScale` the loss was multiplied by (fp16 autocast): gradients are
     divided by it before anything else (an overflow is still seen, and skipped), and it is updated with
@@ -253,7 +254,10 @@ class Exchange:
         """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
         over all ranks whether any gradient was non-finite (one 4-byte allreduce; hierarchical: within the
         host, between leaders, back to the host), then commit the memory, or roll the memory and compressor
-        back and return True ("skip") or raise ("stop"). Returns False for a step that counts."""
+        back and return True ("skip") or raise ("stop"). Returns False for a step that counts (always,
+        without ``nonfinite``: a bad gradient raised at once)."""
+        if self.nonfinite is None:
+            return False
         if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
             flag = self.local.wait(self.local.start(Payload(self._flag_tensor(), "allreduce", 0), "dgc.nonfinite.local"))
             if self.communicator is not None:
