@@ -104,7 +104,10 @@ class Exchange:
         self._snapshot = None
         """The compressor's state at the start of the current step (transactions only)."""
         self._flag = None
-        """The handle of the current step's non-finite flag allreduce, once started."""
+        """The handle of the current step's non-finite flag, once started."""
+        self._kind = None
+        """(collective, dtype) of the current step's first payload: the flag travels the same way, so a
+        fused exchange packs it into a collective the step makes anyway."""
         self.compressor = compressor if compressor is not None else Compressor()
         self.memory = memory if memory is not None else Memory()
         self.optimizer = optimizer
@@ -160,7 +163,8 @@ class Exchange:
     def finish(self, pending):
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
         compressor's next payloads start as soon as each round's result is decoded. With ``nonfinite`` set
-        (flat exchange), the step's flag starts first, so a fused exchange carries it in its allreduce."""
+        (flat exchange), the step's flag starts first, as the step's first payload went, so a fused exchange
+        carries it in a collective it makes anyway."""
         if self.nonfinite is not None and self.local is None and self._flag is None:
             self._flag = self._start_flag()
         while pending:
@@ -248,26 +252,29 @@ class Exchange:
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
         self.stats["values_sent"] += payload.num_values
         self.stats["collectives"] += 1
+        if self._kind is None:
+            self._kind = (payload.collective, payload.tensor.dtype)
         return Pending(route, self.communicator.start(payload, route.name), ctx, out, reference)
 
     def end_step(self):
         """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
-        over all ranks whether any gradient was non-finite (one 4-byte allreduce; hierarchical: within the
-        host, between leaders, back to the host), then commit the memory, or roll the memory and compressor
+        over all ranks whether any gradient was non-finite (one tiny collective, of the kind of the step's
+        first payload; hierarchical: within the host, between leaders, back to the host), then commit the memory, or roll the memory and compressor
         back and return True ("skip") or raise ("stop"). Returns False for a step that counts (always,
         without ``nonfinite``: a bad gradient raised at once)."""
         if self.nonfinite is None:
             return False
         if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
-            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(), "allreduce", 0), "dgc.nonfinite.local"))
+            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(torch.float32), "allreduce", 0),
+                                                    "dgc.nonfinite.local"))
             if self.communicator is not None:
                 flag = self.communicator.wait(self.communicator.start(Payload(flag, "allreduce", 0), "dgc.nonfinite"))
             flag = self.local.wait(self.local.start(Payload(flag, "broadcast", 0), "dgc.nonfinite.host"))
         else:
             flag = self.communicator.wait(self._flag if self._flag is not None else self._start_flag())
         bad, snapshot = self._bad, self._snapshot
-        self._bad, self._snapshot, self._flag = [], None, None
-        skipped = float(flag.reshape(-1)[0]) != 0
+        self._bad, self._snapshot, self._flag, self._kind = [], None, None, None
+        skipped = bool(flag.reshape(-1).ne(0).any())
         if self.loss_scale is not None:
             self.loss_scale.update(skipped)
         if not skipped:
@@ -281,14 +288,18 @@ class Exchange:
                                      "'stop'); the memory holds the state before this step")
         return True
 
-    def _flag_tensor(self):
-        return torch.tensor([float(len(self._bad))])
+    def _flag_tensor(self, dtype):
+        """1 where this rank saw a non-finite gradient this step, else 0, as one element of ``dtype``."""
+        return torch.tensor([1 if self._bad else 0], dtype=dtype)
 
     def _start_flag(self):
-        """Start the allreduce of this rank's count of non-finite gradients (4 bytes)."""
-        self.stats["bytes_sent"] += 4
+        """Start this rank's flag through the step's first payload's collective and dtype (an average or a
+        concatenation: either is nonzero where any rank's flag is)."""
+        collective, dtype = self._kind or ("allreduce", torch.float32)
+        flag = self._flag_tensor(dtype)
+        self.stats["bytes_sent"] += flag.element_size()
         self.stats["collectives"] += 1
-        return self.communicator.start(Payload(self._flag_tensor(), "allreduce", 0), "dgc.nonfinite")
+        return self.communicator.start(Payload(flag, collective, 0), "dgc.nonfinite")
 
     def rollback(self, snapshot=None):
         """Drop the current step's changes to the memory and (given its ``snapshot``) the compressor."""
@@ -296,7 +307,7 @@ class Exchange:
         if snapshot is None:
             if self._flag is not None:
                 self.communicator.wait(self._flag)
-            snapshot, self._snapshot, self._bad, self._flag = self._snapshot, None, [], None
+            snapshot, self._snapshot, self._bad, self._flag, self._kind = self._snapshot, None, [], None, None
         if snapshot is not None:
             self.compressor.load_state_dict(snapshot)
 

@@ -183,7 +183,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     given (e.g. wrapped in :class:`dgc.fused.FusedCommunicator`), and ``communicator`` must then be None.
     ``nonfinite``: a step in which any rank's gradient has NaN/Inf is skipped on every rank ("skip": as if
     that batch had been left out; ``skipped_steps`` counts them) or stops every rank with FloatingPointError
-    ("stop"); agreed with one 4-byte allreduce per step. ``loss_scale``: a :class:`dgc.amp.LossScale` for fp16
+    ("stop"); agreed with one flag of 1 to 4 bytes per step. ``loss_scale``: a :class:`dgc.amp.LossScale` for fp16
     autocast (multiply the loss by ``loss_scale.value``; the exchange unscales and updates it).
     Leaders then start more collectives than the other ranks: name every Horovod collective you call yourself
     (Horovod's unnamed ones are numbered per process, so they would no longer match and would hang).
