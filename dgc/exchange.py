@@ -160,12 +160,13 @@ class Exchange:
         self.stats["compress_s"] += time.perf_counter() - started
         return self._send(route, payload, ctx, out, reference)
 
-    def finish(self, pending):
+    def finish(self, pending, closes_step=True):
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
-        compressor's next payloads start as soon as each round's result is decoded. With ``nonfinite`` set
-        (flat exchange), the step's flag starts first, as the step's first payload went, so a fused exchange
-        carries it in a collective it makes anyway."""
-        if self.nonfinite is not None and self.local is None and self._flag is None:
+        compressor's next payloads start as soon as each round's result is decoded. ``closes_step``: these
+        are the step's last exchanges (False for all but a DDP step's last bucket); then, with ``nonfinite``
+        set (flat exchange), the step's flag starts first, as the step's first payload went, so a fused
+        exchange carries it in a collective it makes anyway."""
+        if self.nonfinite is not None and self.local is None and self._flag is None and closes_step:
             self._flag = self._start_flag()
         while pending:
             next_round = []
@@ -298,6 +299,7 @@ class Exchange:
         collective, dtype = self._kind or ("allreduce", torch.float32)
         flag = self._flag_tensor(dtype)
         self.stats["bytes_sent"] += flag.element_size()
+        self.stats["control_bytes"] += flag.element_size()
         self.stats["collectives"] += 1
         return self.communicator.start(Payload(flag, collective, 0), "dgc.nonfinite")
 
@@ -349,7 +351,8 @@ class Exchange:
     def collect(self):
         """Close a step's statistics into ``last_exchange`` and return them: bytes and values sent, their
         ratio to dense fp32, payloads started (collectives before any fusion), compress and decompress
-        seconds (host time), bytes sent over the host's own links (``local_bytes``, hierarchical only; the
+        seconds (host time), the bytes of those that were the step's non-finite flag (``control_bytes``,
+        included in ``bytes_sent``), bytes sent over the host's own links (``local_bytes``, hierarchical only; the
         others are the exchange between hosts and 0 on ranks that are not a host's leader); on a measured step
         also
         ``relative_error`` (||average - dense average|| / ||dense average||, over the compressed tensors) and
@@ -369,7 +372,7 @@ class Exchange:
     @staticmethod
     def zero_stats():
         """Empty statistics (also what discards the counts of exchanges that are thrown away)."""
-        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "local_bytes": 0, "compress_s": 0.0,
+        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "control_bytes": 0, "local_bytes": 0, "compress_s": 0.0,
                 "decompress_s": 0.0, "error_sq": 0.0, "reference_sq": 0.0}
 
     def state_dict(self):

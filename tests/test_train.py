@@ -252,10 +252,13 @@ def test_kill_one_worker_ends_the_job_and_resume_matches_uninterrupted_run(tmp_p
 
 def test_ranks_with_different_configs_stop_before_training(tmp_path):
     """A config that differs between ranks (here it reads the rank) is caught at start on every rank."""
-    config = tmp_path / "per_rank.py"
+    config = ROOT / "configs" / f"_per_rank_{os.getpid()}.py"    # config files must live under configs/
     config.write_text("import os\nfrom training.config import configs\n"
                       "configs.train.batch_size = 32 + int(os.environ.get('HOROVOD_RANK', '0'))\n")
-    result = horovodrun(2, train_args(DIGITS + [str(config)], tmp_path / "run"), check=False)
+    try:
+        result = horovodrun(2, train_args(DIGITS + [str(config)], tmp_path / "run"), check=False)
+    finally:
+        config.unlink()
     assert result.returncode != 0
     assert "ranks [1] run a different config than rank 0" in result.stderr + result.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -31,8 +31,10 @@ for config, fused in [(c, f) for c in CONFIGS for f in (False, True)]:
         x, y = batch(hvd.rank(), step)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
-    expected = sum(wire_bytes(r.compressor, tuple(r.param.shape), r.name) if r.compressed else r.param.numel() * 4
-                   for r in opt.exchange.routes.values())
+    flag = opt.last_exchange["control_bytes"]       # the non-finite flag, in the step's first payload's dtype
+    assert flag in (1, 2, 4), (config, flag)
+    expected = flag + sum(wire_bytes(r.compressor, tuple(r.param.shape), r.name) if r.compressed
+                          else r.param.numel() * 4 for r in opt.exchange.routes.values())
     assert opt.last_exchange["bytes_sent"] == expected, (config, opt.last_exchange["bytes_sent"], expected)
     if fused:       # at most one collective per (collective, dtype) and round; here at most 3 per step
         assert communicator.collectives <= 5 * 3 < 5 * opt.last_exchange["collectives"], config

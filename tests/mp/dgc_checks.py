@@ -76,8 +76,9 @@ def check_exchange_and_conservation(fp16):
         return payload, ctx
 
     def spy_compensate(grad, name, decay=None):
-        accumulated[name] = compensate(grad, name, decay).clone()
-        return memory.buffers["velocities"][name]
+        compensated = compensate(grad, name, decay)
+        accumulated[name] = compensated.clone()
+        return compensated
 
     compression.compress, memory.compensate = spy_compress, spy_compensate
     for step, (x, y) in enumerate(batches(6, seed_offset=7)):
@@ -147,11 +148,14 @@ def check_nonfinite():
     net, opt, memory = run(poisoned)
     ref_net, ref_opt, ref_memory = run(data[:3] + data[4:])
     assert opt.skipped_steps == 1 and ref_opt.skipped_steps == 0
+    # Not bit for bit with 3+ ranks: the skipped step's collectives can change how Horovod fuses later ones,
+    # and with them Gloo's summation order (bit-exactness is tested in process, tests/test_faults.py).
     for a, b in zip(net.parameters(), ref_net.parameters()):
-        assert torch.equal(a, b)
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), (a - b).abs().max().item()
     for key in memory.buffers:
         for name in memory.buffers[key]:
-            assert torch.equal(memory.buffers[key][name], ref_memory.buffers[key][name]), (key, name)
+            assert torch.allclose(memory.buffers[key][name], ref_memory.buffers[key][name], atol=1e-6, rtol=0), \
+                (key, name)
     try:
         run(poisoned, nonfinite="stop")
     except FloatingPointError as error:

@@ -1,0 +1,68 @@
+"""DGC and the rest of the compressor family as a DistributedDataParallel communication hook.
+
+    state = DGCHook(ddp_model, optimizer, compression=DGCCompressor(0.001), memory=DGCSGDMemory())
+    ddp_model.register_comm_hook(state, dgc_hook)
+    ...  loss.backward(); state.step(optimizer); optimizer.zero_grad()
+
+DDP hands the hook flat buckets of gradients; the hook maps each bucket back to its parameters
+(``bucket.parameters()`` / ``bucket.gradients()``, views into the bucket) and runs the exchange per parameter,
+so a bucket's tensors are compressed exactly as under Horovod (the same routing, residuals keyed by
+parameter name, the same checkpoints): compressing a whole bucket instead would select across unrelated
+layers and tie the residuals to DDP's bucket layout, which changes with ``bucket_cap_mb``. The exchange
+runs inside the hook and returns a completed future (DDP overlaps the buckets' hooks with the backward
+pass only as far as the collectives themselves are asynchronous).
+"""
+import torch
+
+from dgc.exchange import Exchange
+from dgc.optim import step_corrected
+from dgc.torch.communicator import TorchCommunicator
+
+
+class DGCHook:
+    """The hook's state: the :class:`~dgc.exchange.Exchange` over ``model``'s trained parameters (named as in
+    ``model.module.named_parameters()``), its statistics (``last_exchange``), whether the last step was
+    skipped for a non-finite gradient on some rank, and its checkpointable state (each rank's residuals)."""
+
+    def __init__(self, model, optimizer, compression=None, memory=None, communicator=None, dense_compression=None,
+                 nonfinite="skip", loss_scale=None):
+        module = getattr(model, "module", model)
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if memory is None:
+            memory = getattr(compression, "memory", None)
+        self.exchange = Exchange(named, communicator or TorchCommunicator(), compression, memory, optimizer=optimizer,
+                                 dense_compressor=dense_compression, nonfinite=nonfinite, loss_scale=loss_scale)
+        self.name_of = {p: n for n, p in named}
+        self.step_skipped = False
+
+    @property
+    def last_exchange(self):
+        return self.exchange.last_exchange
+
+    def step(self, optimizer):
+        """The optimizer's step after a backward through the hook: nothing when the step was skipped on
+        every rank, else the wrapped optimizer's update, with a plain ``p -= lr * grad`` for the tensors whose
+        momentum and weight decay the memory applied (momentum correction)."""
+        if self.step_skipped:
+            return
+        step_corrected(optimizer, type(optimizer).step, self.exchange.corrected)
+
+    def state_dict(self):
+        return self.exchange.state_dict()
+
+    def load_state_dict(self, state):
+        self.exchange.load_state_dict(state)
+
+
+def dgc_hook(state, bucket):
+    """Exchange every gradient of ``bucket`` through ``state.exchange`` (averages written into the bucket);
+    after the last bucket of a step, close the step (statistics, the agreed non-finite decision)."""
+    exchange = state.exchange
+    pending = [exchange.start(state.name_of[p], g) for p, g in zip(bucket.parameters(), bucket.gradients())]
+    exchange.finish(pending, closes_step=bucket.is_last())
+    if bucket.is_last():
+        exchange.collect()
+        state.step_skipped = exchange.end_step()
+    future = torch.futures.Future()
+    future.set_result(bucket.buffer())
+    return future
