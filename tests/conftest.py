@@ -1,4 +1,4 @@
-"""Shared test helpers: launching real multi-process Horovod jobs."""
+"""Shared test helpers: launching real multi-process Horovod and torchrun jobs."""
 import os
 import pathlib
 import subprocess
@@ -8,6 +8,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HOROVODRUN = pathlib.Path(sys.executable).parent / "horovodrun"
+TORCHRUN = pathlib.Path(sys.executable).parent / "torchrun"
 
 
 def horovodrun(np, args, timeout=300, cwd=ROOT, check=True, hosts=None):
@@ -15,6 +16,17 @@ def horovodrun(np, args, timeout=300, cwd=ROOT, check=True, hosts=None):
     ``localhost:2,127.0.0.1:2`` makes two hosts of one machine); return the completed process."""
     cmd = [str(HOROVODRUN), "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo",
            sys.executable, *[str(a) for a in args]]
+    return run_job(cmd, timeout, cwd, check)
+
+
+def torchrun(np, args, timeout=300, cwd=ROOT, check=True):
+    """Run ``torchrun --standalone --nproc-per-node N ARGS`` (one machine, a free rendezvous port); return the completed
+    process."""
+    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(np), *[str(a) for a in args]]
+    return run_job(cmd, timeout, cwd, check)
+
+
+def run_job(cmd, timeout, cwd, check):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
