@@ -2,6 +2,7 @@
 
     horovodrun -np 2 -H localhost:2 --gloo python train.py --configs configs/cifar/resnet20.py \
         configs/dgc/wm5.py configs/dgc/fp16.py configs/dgc/int32.py [train.num_epochs=5 ...]
+    torchrun --standalone --nproc-per-node 2 train.py --backend torch --configs ...   # DDP + comm hook
     python train.py --configs ... --evaluate            # evaluate the run's checkpoint
 
 Config files compose in order; ``key=value`` items among them override keys after all files ran. The run
@@ -29,6 +30,9 @@ def parse_args(argv):
                         help="require a checkpoint in the run directory (resuming is automatic anyway)")
     parser.add_argument("--evaluate", action="store_true", help="evaluate the run's checkpoint, do not train")
     parser.add_argument("--checkpoint", help="with --evaluate: this checkpoint file instead of the run's")
+    parser.add_argument("--backend", choices=("horovod", "torch"), default="horovod",
+                        help="horovod (horovodrun; default) or torch (torchrun: DistributedDataParallel, the "
+                             "compressors through its communication hook)")
     parser.add_argument("more_overrides", nargs="*", metavar="KEY=VALUE", help="more config overrides")
     args = parser.parse_args(argv)
     bad = [item for item in args.more_overrides if "=" not in item]
@@ -90,6 +94,39 @@ def build_optimizer(cfg, model, world_size, communicator=None):
                                              **({"hierarchical": (communicator, local)} if local is not None
                                                 else {"communicator": communicator}))
     return optimizer, optimizer.exchange
+
+
+def build_ddp(cfg, model, world_size):
+    """The torch backend: ``model`` in DistributedDataParallel with DDP's own allreduce for the baseline, or
+    the configured compressor and memory through :mod:`dgc.torch`'s communication hook (fused with
+    ``train.fuse_exchange``). Returns ``(ddp_model, optimizer, exchange statistics, step)``, ``step()``
+    being the optimizer step to call (the hook's: it skips agreed bad steps and steps corrected tensors
+    plainly)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    import dgc.torch as dgc_torch
+    from dgc.horovod.optimizer import DenseStats
+
+    scale = world_size if cfg.train.scale_lr_by_workers else 1
+    optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+    ddp = DistributedDataParallel(model)
+    if cfg.train.compression is None:
+        return ddp, optimizer, DenseStats(model.named_parameters()), optimizer.step
+    communicator = dgc_torch.TorchCommunicator()
+    if cfg.train.fuse_exchange:
+        from dgc.fused import FusedCommunicator
+        communicator = FusedCommunicator(communicator)
+    loss_scale = None
+    if cfg.train.amp == "fp16":
+        from dgc.amp import LossScale
+        loss_scale = LossScale(cfg.train.amp_init_scale)
+    hook = dgc_torch.DGCHook(ddp, optimizer, compression=cfg.train.compression(),
+                             memory=cfg.train.memory() if cfg.train.memory is not None else None,
+                             communicator=communicator, nonfinite=cfg.train.nonfinite, loss_scale=loss_scale,
+                             dense_compression=cfg.train.dense_compression() if cfg.train.dense_compression
+                             is not None else None)
+    ddp.register_comm_hook(hook, dgc_torch.dgc_hook)
+    return ddp, optimizer, hook.exchange, lambda: hook.step(optimizer)
 
 
 def check_training_setup(cfg):
@@ -179,6 +216,8 @@ def main(argv=None):
     try:
         cfg = load_configs(args.config_files, args.overrides, root=ROOT / "configs")
         check_config(cfg)
+        if args.backend == "torch" and cfg.train.hierarchical:
+            raise ConfigError("train.hierarchical=True needs --backend horovod (its per-host process sets)")
         check_training_setup(cfg)
         import torch
         from training import data as data_lib
@@ -226,9 +265,13 @@ def check_config(cfg):
 
 
 def train(args, cfg, dataset):
-    import horovod.torch as hvd
     import torch
     from tqdm import tqdm
+
+    if args.backend == "torch":
+        from training import torch_backend as hvd
+    else:
+        import horovod.torch as hvd
 
     from training import checkpoint as ckpt
     from training import data as data_lib
@@ -273,7 +316,11 @@ def train(args, cfg, dataset):
         if rank == 0:
             print(f"train.py: error: {problem}", file=sys.stderr)
         return 2
-    optimizer, exchange = build_optimizer(cfg, model, world)
+    if args.backend == "torch":
+        net, optimizer, exchange, step = build_ddp(cfg, model, world)
+    else:
+        optimizer, exchange = build_optimizer(cfg, model, world)
+        net, step = model, optimizer.step
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
 
     if args.evaluate:
@@ -331,18 +378,21 @@ def train(args, cfg, dataset):
             exchange.measure_error = every > 0 and (epoch * steps_per_epoch + steps + 1) % every == 0
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                out = model(x)
-                loss = torch.nn.functional.cross_entropy(out, y)
-            passes_in_step = min(passes, num_batches - i // passes * passes)
-            scale = exchange.loss_scale.value if cfg.train.amp == "fp16" else 1.0
-            (loss * (scale / passes_in_step)).backward()
+            accumulating = (i + 1) % passes and i + 1 < num_batches
+            # DDP exchanges at every backward unless told not to (Horovod's optimizer counts the passes).
+            with net.no_sync() if accumulating and net is not model else contextlib.nullcontext():
+                with autocast():
+                    out = net(x)
+                    loss = torch.nn.functional.cross_entropy(out, y)
+                passes_in_step = min(passes, num_batches - i // passes * passes)
+                scale = exchange.loss_scale.value if cfg.train.amp == "fp16" else 1.0
+                (loss * (scale / passes_in_step)).backward()
             loss_sum += loss.detach().double() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-            if (i + 1) % passes and i + 1 < num_batches:
+            if accumulating:
                 continue
-            optimizer.step()
+            step()
             optimizer.zero_grad()
             scheduler.step()
             stats = exchange.last_exchange

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import HOROVODRUN, ROOT, horovodrun
+from conftest import HOROVODRUN, ROOT, horovodrun, torchrun
 from training.checkpoint import load as load_checkpoint
 
 DIGITS = ["configs/digits/digitsnet.py"]
@@ -49,6 +49,8 @@ def run_plain(*args):
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.optimizer.momentum=0.0", "train.optimizer.nesterov=True"],
      "train.py: error: train.optimizer with this compression and memory: Nesterov momentum requires a momentum"),
     (["--configs", *DIGITS, "train.hierarchical=True"], "train.hierarchical=True needs a compression"),
+    (["--backend", "torch", "--configs", *DIGITS, "configs/dgc/wm5.py", "configs/dgc/hierarchical.py"],
+     "train.hierarchical=True needs --backend horovod"),
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.nonfinite='sometimes'"], "train.nonfinite.*'sometimes'"),
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.amp='fp8'"], "train.amp.*None, 'bf16' or 'fp16'.*'fp8'"),
     (["--configs", *DIGITS, "train.amp='fp16'"], "train.amp='fp16' needs a compression"),
@@ -123,6 +125,22 @@ def test_mixed_precision_with_dgc_skips_overflow_steps_and_learns(tmp_path):
     assert scalars(tmp_path / "fp16")["epoch/skipped_steps"][0] == first["skipped_steps"]
     for name in ("fp16", "bf16"):
         assert results[name]["final_test_top1"] > results["fp32"]["final_test_top1"] - 5, (name, results[name])
+
+
+def test_torch_backend_trains_like_horovod(tmp_path):
+    """The same DGC config under torchrun --backend torch (DDP + the dgc hook) and under horovodrun: the same
+    compression ratios step for step and test accuracy within 1 point; the DDP baseline trains too."""
+    args = DIGITS + ["configs/dgc/wm5.py"]
+    torchrun(2, train_args(args, tmp_path / "ddp", "train.num_epochs=4", "--backend", "torch"))
+    horovodrun(2, train_args(args, tmp_path / "hvd", "train.num_epochs=4"))
+    torchrun(2, train_args(DIGITS, tmp_path / "ddp_dense", "train.num_epochs=2", "--backend", "torch"))
+    ddp, hvd = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("ddp", "hvd"))
+    assert [h["compression_ratio"] for h in ddp["history"]] == pytest.approx(
+        [h["compression_ratio"] for h in hvd["history"]], rel=1e-6)
+    assert abs(ddp["final_test_top1"] - hvd["final_test_top1"]) < 1, (ddp["final_test_top1"], hvd["final_test_top1"])
+    dense = json.loads((tmp_path / "ddp_dense" / "metrics.json").read_text())
+    assert dense["mean_compression_ratio"] == 1.0 and dense["final_test_top1"] > 80
+    assert (tmp_path / "ddp" / "checkpoints" / "rank1.epoch4.pt").exists()
 
 
 def test_ranks_draw_different_augmentations_reproducibly():
