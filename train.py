@@ -110,6 +110,11 @@ def build_ddp(cfg, model, world_size):
     scale = world_size if cfg.train.scale_lr_by_workers else 1
     optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
     ddp = DistributedDataParallel(model)
+    if cfg.train.compression is None and cfg.train.torch_hook is not None:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+        state = cfg.train.torch_hook()
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return ddp, optimizer, DenseStats(model.named_parameters(), powersgd=state), optimizer.step
     if cfg.train.compression is None:
         return ddp, optimizer, DenseStats(model.named_parameters()), optimizer.step
     communicator = dgc_torch.TorchCommunicator()
@@ -218,6 +223,9 @@ def main(argv=None):
         check_config(cfg)
         if args.backend == "torch" and cfg.train.hierarchical:
             raise ConfigError("train.hierarchical=True needs --backend horovod (its per-host process sets)")
+        if args.backend != "torch" and cfg.train.torch_hook is not None:
+            raise ConfigError("train.torch_hook (e.g. configs/compression/torch_powersgd.py) is a DDP communication "
+                              "hook: it needs --backend torch under torchrun")
         check_training_setup(cfg)
         import torch
         from training import data as data_lib

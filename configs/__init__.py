@@ -25,6 +25,7 @@ configs.train.memory = None             # what a compressor does not send (None:
 configs.train.dense_compression = None  # tensors too small to compress: None dense fp32, or e.g. FP16Compressor
 configs.train.fuse_exchange = False     # True: one collective per step and kind for all tensors (dgc/fused.py)
 configs.train.hierarchical = False      # True: dense average within each host, compression only between hosts
+configs.train.torch_hook = None         # --backend torch with no compression: a torch PowerSGDState (its powerSGD_hook)
 configs.train.nonfinite = "skip"        # a step with NaN/Inf on any rank: "skip" it on every rank, or "stop" the run
 configs.train.amp = None                # mixed precision: None, "bf16" (autocast) or "fp16" (autocast + loss scaling)
 configs.train.amp_init_scale = 65536.0  # fp16: the first loss scale (halved after a skipped step, doubled after 2000 good)

@@ -148,18 +148,25 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
 
 class DenseStats:
-    """The statistics side of :class:`dgc.exchange.Exchange` for Horovod's own ``hvd.DistributedOptimizer``
-    (the baseline users trust), so a training loop reads both the same way: every step sends every trained
-    gradient densely as fp32."""
+    """The statistics side of :class:`dgc.exchange.Exchange` for a backend's own exchange (Horovod's
+    ``hvd.DistributedOptimizer``, DDP's allreduce: the baselines users trust), so a training loop reads all
+    the same way: every step sends every trained gradient densely as fp32; or, given torch's ``powersgd``
+    hook state, what that hook sends by its own rule (estimated: rank x (n + m) values for each matrix it
+    compresses, the rest dense)."""
 
-    def __init__(self, named_parameters):
-        numel = sum(p.numel() for _, p in named_parameters if p.requires_grad)
+    def __init__(self, named_parameters, powersgd=None):
+        params = [p for _, p in named_parameters if p.requires_grad]
+        numel = sum(p.numel() for p in params)
+        values = numel
+        if powersgd is not None:
+            values = sum(_powersgd_values(p, powersgd.matrix_approximation_rank, powersgd.min_compression_rate)
+                         for p in params)
         self.measure_error = False
         self.skipped_steps = 0
-        """Horovod's own optimizer skips no step (a non-finite gradient reaches the weights)."""
-        self.last_exchange = {"bytes_sent": 4 * numel, "values_sent": numel, "compress_s": 0.0,
-                              "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": 1.0,
-                              "density": 1.0, "relative_error": None, "snr_db": None}
+        """The backends' own optimizers skip no step (a non-finite gradient reaches the weights)."""
+        self.last_exchange = {"bytes_sent": 4 * values, "values_sent": values, "compress_s": 0.0,
+                              "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": values / numel,
+                              "density": values / numel, "relative_error": None, "snr_db": None}
 
     def set_epoch(self, epoch):
         pass
@@ -169,6 +176,16 @@ class DenseStats:
 
     def load_state_dict(self, state):
         pass
+
+
+def _powersgd_values(p, rank, min_rate):
+    """Values torch's powerSGD_hook sends for ``p``: P and Q (rank x (n + m)) where that compresses by at
+    least ``min_rate``, else the tensor itself."""
+    if p.dim() < 2:
+        return p.numel()
+    n, m = p.shape[0], p.numel() // p.shape[0]
+    rank = min(n, m, rank)
+    return (n + m) * rank if n * m >= min_rate * (n + m) * rank else n * m
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
