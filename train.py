@@ -224,7 +224,7 @@ def main(argv=None):
         if args.backend == "torch" and cfg.train.hierarchical:
             raise ConfigError("train.hierarchical=True needs --backend horovod (its per-host process sets)")
         if args.backend != "torch" and cfg.train.torch_hook is not None:
-            raise ConfigError("train.torch_hook (e.g. configs/compression/torch_powersgd.py) is a DDP communication "
+            raise ConfigError("train.torch_hook (e.g. configs/ddp/powersgd.py) is a DDP communication "
                               "hook: it needs --backend torch under torchrun")
         check_training_setup(cfg)
         import torch

@@ -260,9 +260,9 @@ class Exchange:
     def end_step(self):
         """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
         over all ranks whether any gradient was non-finite (one tiny collective, of the kind of the step's
-        first payload; hierarchical: within the host, between leaders, back to the host), then commit the memory, or roll the memory and compressor
-        back and return True ("skip") or raise ("stop"). Returns False for a step that counts (always,
-        without ``nonfinite``: a bad gradient raised at once)."""
+        first payload; hierarchical: within the host, between leaders, back to the host), then commit the
+        memory, or roll the memory and compressor back and return True ("skip") or raise ("stop"). Returns
+        False for a step that counts (always, without ``nonfinite``: a bad gradient raised at once)."""
         if self.nonfinite is None:
             return False
         if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
@@ -372,8 +372,8 @@ class Exchange:
     @staticmethod
     def zero_stats():
         """Empty statistics (also what discards the counts of exchanges that are thrown away)."""
-        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "control_bytes": 0, "local_bytes": 0, "compress_s": 0.0,
-                "decompress_s": 0.0, "error_sq": 0.0, "reference_sq": 0.0}
+        return {"bytes_sent": 0, "values_sent": 0, "collectives": 0, "control_bytes": 0, "local_bytes": 0,
+                "compress_s": 0.0, "decompress_s": 0.0, "error_sq": 0.0, "reference_sq": 0.0}
 
     def state_dict(self):
         """This rank's compressor and memory state (residuals differ per rank: checkpoint each rank's)."""

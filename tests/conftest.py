@@ -20,8 +20,8 @@ def horovodrun(np, args, timeout=300, cwd=ROOT, check=True, hosts=None):
 
 
 def torchrun(np, args, timeout=300, cwd=ROOT, check=True):
-    """Run ``torchrun --standalone --nproc-per-node N ARGS`` (one machine, a free rendezvous port); return the completed
-    process."""
+    """Run ``torchrun --standalone --nproc-per-node N ARGS`` (one machine, a free rendezvous port); return
+    the completed process."""
     cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(np), *[str(a) for a in args]]
     return run_job(cmd, timeout, cwd, check)
 

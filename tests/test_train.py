@@ -51,7 +51,7 @@ def run_plain(*args):
     (["--configs", *DIGITS, "train.hierarchical=True"], "train.hierarchical=True needs a compression"),
     (["--backend", "torch", "--configs", *DIGITS, "configs/dgc/wm5.py", "configs/dgc/hierarchical.py"],
      "train.hierarchical=True needs --backend horovod"),
-    (["--configs", *DIGITS, "configs/compression/torch_powersgd.py"], "train.torch_hook.*needs --backend torch"),
+    (["--configs", *DIGITS, "configs/ddp/powersgd.py"], "train.torch_hook.*needs --backend torch"),
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.nonfinite='sometimes'"], "train.nonfinite.*'sometimes'"),
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.amp='fp8'"], "train.amp.*None, 'bf16' or 'fp16'.*'fp8'"),
     (["--configs", *DIGITS, "train.amp='fp16'"], "train.amp='fp16' needs a compression"),
@@ -103,7 +103,8 @@ def test_hierarchical_run_over_two_hosts_of_two_ranks(tmp_path):
     over the same 4 ranks (within 3 points), and rank 0 (a host's leader) sends compressed. (At the same ratio
     the update has half the values; digits then reaches about 78% instead of 93% in 4 epochs.)"""
     results = {}
-    for name, extra in (("flat", []), ("hier", ["configs/dgc/hierarchical.py", "train.compression.compress_ratio=0.002"])):
+    hierarchical = ["configs/dgc/hierarchical.py", "train.compression.compress_ratio=0.002"]
+    for name, extra in (("flat", []), ("hier", hierarchical)):
         horovodrun(4, train_args(DIGITS + ["configs/dgc/wm0.py", *extra], tmp_path / name, "train.num_epochs=4"),
                    hosts="localhost:2,127.0.0.1:2")
         results[name] = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -131,7 +132,7 @@ def test_mixed_precision_with_dgc_skips_overflow_steps_and_learns(tmp_path):
 def test_torch_backend_trains_like_horovod(tmp_path):
     """The same DGC config under torchrun --backend torch (DDP + the dgc hook) and under horovodrun: the same
     compression ratios epoch for epoch and test accuracy within 1 point; the DDP baseline and torch's own
-    PowerSGD hook (configs/compression/torch_powersgd.py) train too."""
+    PowerSGD hook (configs/ddp/powersgd.py) train too."""
     args = DIGITS + ["configs/dgc/wm5.py"]
     torchrun(2, train_args(args, tmp_path / "ddp", "train.num_epochs=4", "--backend", "torch"))
     horovodrun(2, train_args(args, tmp_path / "hvd", "train.num_epochs=4"))
@@ -142,7 +143,7 @@ def test_torch_backend_trains_like_horovod(tmp_path):
     assert abs(ddp["final_test_top1"] - hvd["final_test_top1"]) < 1, (ddp["final_test_top1"], hvd["final_test_top1"])
     dense = json.loads((tmp_path / "ddp_dense" / "metrics.json").read_text())
     assert dense["mean_compression_ratio"] == 1.0 and dense["final_test_top1"] > 80
-    torchrun(2, train_args(DIGITS + ["configs/compression/torch_powersgd.py"], tmp_path / "ddp_powersgd",
+    torchrun(2, train_args(DIGITS + ["configs/ddp/powersgd.py"], tmp_path / "ddp_powersgd",
                            "train.num_epochs=2", "--backend", "torch"))
     powersgd = json.loads((tmp_path / "ddp_powersgd" / "metrics.json").read_text())
     assert powersgd["mean_compression_ratio"] < 0.2 and powersgd["final_test_top1"] > 80, powersgd

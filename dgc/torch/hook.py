@@ -8,9 +8,9 @@ DDP hands the hook flat buckets of gradients; the hook maps each bucket back to 
 (``bucket.parameters()`` / ``bucket.gradients()``, views into the bucket) and runs the exchange per parameter,
 so a bucket's tensors are compressed exactly as under Horovod (the same routing, residuals keyed by
 parameter name, the same checkpoints): compressing a whole bucket instead would select across unrelated
-layers and tie the residuals to DDP's bucket layout, which changes with ``bucket_cap_mb``. The exchange
-runs inside the hook and returns a completed future (DDP overlaps the buckets' hooks with the backward
-pass only as far as the collectives themselves are asynchronous).
+layers and tie the residuals to DDP's bucket layout, which changes with ``bucket_cap_mb``. The hook runs a
+bucket's exchange to the end and returns a completed future: the backward pass waits for each bucket's
+exchange (with the fused exchange the collectives of a bucket travel together).
 """
 import torch
 
