@@ -9,3 +9,18 @@ from conftest import torchrun
 def test_dgc_through_the_ddp_hook(np):
     result = torchrun(np, ["tests/mp/ddp_checks.py"])
     assert result.stdout.count("ddp checks ok") == np
+
+
+def test_backend_benchmark_prints_both_paths_and_their_ratio():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    result = subprocess.run([sys.executable, "scripts/bench_backends.py", "--steps", "1", "--batch", "4"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| dense") or line.startswith("| DGC")]
+    assert len(rows) == 2
+    for row in rows:
+        horovod, ddp, ratio = (float(cell) for cell in row.strip("| ").split(" | ")[1:])
+        assert horovod > 0 and ddp > 0 and ratio == pytest.approx(ddp / horovod, rel=0.1)   # printed rounded

@@ -15,6 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import HOROVODRUN, ROOT, horovodrun, torchrun
 from training.checkpoint import load as load_checkpoint
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_kill import worker_pid  # noqa: E402
+
 DIGITS = ["configs/digits/digitsnet.py"]
 DGC_CIFAR = ["configs/dgc/wm5.py", "configs/dgc/fp16.py", "configs/dgc/int32.py"]
 
@@ -214,19 +217,6 @@ def test_cifar10_smoke(dgc, tmp_path):
                        "data.test_fraction=0.05")
     assert result.returncode == 0, result.stderr
     assert f"test_top1={metrics['final_test_top1']:.4f}" in result.stdout
-
-
-def worker_pid(rank, marker):
-    """The pid of the training process of Horovod rank ``rank`` whose command line contains ``marker``."""
-    for entry in os.listdir("/proc"):
-        try:
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
-            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if b"train.py" in cmdline and marker.encode() in cmdline and f"HOROVOD_RANK={rank}".encode() in environ:
-            return int(entry)
-    return None
 
 
 def test_kill_one_worker_ends_the_job_and_resume_matches_uninterrupted_run(tmp_path):
