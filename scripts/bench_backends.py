@@ -79,6 +79,8 @@ def worker(args):
         times.append(time.perf_counter() - started)
     if rank == 0:
         print(json.dumps({"seconds": statistics.median(times[2:])}), flush=True)
+    if backend == "torch":
+        dist.destroy_process_group()     # before exit: Gloo's threads can otherwise abort the interpreter's exit
 
 
 def launch(backend, method, args):

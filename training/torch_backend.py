@@ -3,6 +3,7 @@ trainer reads the same for both backends): ``train.py --backend torch`` under ``
 
 Collectives here run in call order on every rank (torch.distributed matches by order, not by name; the
 names are accepted and ignored)."""
+import atexit
 import os
 
 import torch
@@ -16,6 +17,9 @@ def init(process_sets=None):
         raise ValueError("the torch backend has no process sets (train.hierarchical needs --backend horovod)")
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        # Tear Gloo down before the interpreter does: its threads otherwise can abort the exit ("terminate
+        # called without an active exception").
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
 def rank():
