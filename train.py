@@ -55,6 +55,33 @@ def run_name(cfg, config_files, world_size):
     return ".".join([cfg.data.name, model] + (["+".join(extras)] if extras else []) + [f"np{world_size}"])
 
 
+def scaled_optimizer(cfg, model, world_size):
+    """The configured optimizer over ``model``, its lr multiplied by the workers with ``train.scale_lr_by_workers``."""
+    scale = world_size if cfg.train.scale_lr_by_workers else 1
+    return cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+
+
+def exchange_options(cfg):
+    """The dgc exchange's configured parts, the same for both backends: compressor, memory, dense compressor,
+    non-finite policy and (fp16 autocast) the loss scale."""
+    loss_scale = None
+    if cfg.train.amp == "fp16":
+        from dgc.amp import LossScale
+        loss_scale = LossScale(cfg.train.amp_init_scale)
+    return {"compression": cfg.train.compression(),
+            "memory": cfg.train.memory() if cfg.train.memory is not None else None,
+            "dense_compression": cfg.train.dense_compression() if cfg.train.dense_compression is not None else None,
+            "nonfinite": cfg.train.nonfinite, "loss_scale": loss_scale}
+
+
+def fused(cfg, communicator):
+    """``communicator`` through the fused exchange with ``train.fuse_exchange`` (None stays None)."""
+    if communicator is None or not cfg.train.fuse_exchange:
+        return communicator
+    from dgc.fused import FusedCommunicator
+    return FusedCommunicator(communicator)
+
+
 def build_optimizer(cfg, model, world_size, communicator=None):
     """The configured optimizer, distributed: Horovod's own DistributedOptimizer for the baseline
     (``train.compression`` None), dgc.horovod's with the configured compressor and memory otherwise (through
@@ -65,34 +92,21 @@ def build_optimizer(cfg, model, world_size, communicator=None):
 
     import dgc.horovod as dgc_hvd
 
-    scale = world_size if cfg.train.scale_lr_by_workers else 1
-    optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+    optimizer = scaled_optimizer(cfg, model, world_size)
     passes = cfg.train.backward_passes_per_step
     if cfg.train.compression is None:     # Horovod's own: no skipping, no loss scaling (check_config)
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                              compression=hvd.Compression.none, backward_passes_per_step=passes)
         return optimizer, dgc_hvd.DenseStats(model.named_parameters())
-    memory = cfg.train.memory() if cfg.train.memory is not None else None
-    dense = cfg.train.dense_compression() if cfg.train.dense_compression is not None else None
     local = None
     if cfg.train.hierarchical and communicator is None:
         communicator, local = dgc_hvd.hierarchical_communicators()
     elif communicator is None:
         communicator = dgc_hvd.HorovodCommunicator()
-    if cfg.train.fuse_exchange:
-        from dgc.fused import FusedCommunicator
-        communicator = communicator and FusedCommunicator(communicator)
-        local = local and FusedCommunicator(local)
-    loss_scale = None
-    if cfg.train.amp == "fp16":
-        from dgc.amp import LossScale
-        loss_scale = LossScale(cfg.train.amp_init_scale)
+    communicator, local = fused(cfg, communicator), fused(cfg, local)
+    route = {"hierarchical": (communicator, local)} if local is not None else {"communicator": communicator}
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                             compression=cfg.train.compression(), memory=memory,
-                                             backward_passes_per_step=passes, dense_compression=dense,
-                                             nonfinite=cfg.train.nonfinite, loss_scale=loss_scale,
-                                             **({"hierarchical": (communicator, local)} if local is not None
-                                                else {"communicator": communicator}))
+                                             backward_passes_per_step=passes, **route, **exchange_options(cfg))
     return optimizer, optimizer.exchange
 
 
@@ -105,10 +119,9 @@ def build_ddp(cfg, model, world_size):
     from torch.nn.parallel import DistributedDataParallel
 
     import dgc.torch as dgc_torch
-    from dgc.horovod.optimizer import DenseStats
+    from dgc.exchange import DenseStats
 
-    scale = world_size if cfg.train.scale_lr_by_workers else 1
-    optimizer = cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+    optimizer = scaled_optimizer(cfg, model, world_size)
     ddp = DistributedDataParallel(model)
     if cfg.train.compression is None and cfg.train.torch_hook is not None:
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
@@ -117,19 +130,8 @@ def build_ddp(cfg, model, world_size):
         return ddp, optimizer, DenseStats(model.named_parameters(), powersgd=state), optimizer.step
     if cfg.train.compression is None:
         return ddp, optimizer, DenseStats(model.named_parameters()), optimizer.step
-    communicator = dgc_torch.TorchCommunicator()
-    if cfg.train.fuse_exchange:
-        from dgc.fused import FusedCommunicator
-        communicator = FusedCommunicator(communicator)
-    loss_scale = None
-    if cfg.train.amp == "fp16":
-        from dgc.amp import LossScale
-        loss_scale = LossScale(cfg.train.amp_init_scale)
-    hook = dgc_torch.DGCHook(ddp, optimizer, compression=cfg.train.compression(),
-                             memory=cfg.train.memory() if cfg.train.memory is not None else None,
-                             communicator=communicator, nonfinite=cfg.train.nonfinite, loss_scale=loss_scale,
-                             dense_compression=cfg.train.dense_compression() if cfg.train.dense_compression
-                             is not None else None)
+    hook = dgc_torch.DGCHook(ddp, optimizer, communicator=fused(cfg, dgc_torch.TorchCommunicator()),
+                             **exchange_options(cfg))
     ddp.register_comm_hook(hook, dgc_torch.dgc_hook)
     return ddp, optimizer, hook.exchange, lambda: hook.step(optimizer)
 

@@ -62,7 +62,8 @@ class Pending:
 class Exchange:
     """Exchanges the gradients of ``named_parameters`` (trained ones, same order and names on every rank).
 
-    Tensors that are not compressible go through ``dense_compressor`` (default: dense fp32) without memory.
+    Compressible tensors keep what they did not send in ``memory`` (default: ``compressor.memory`` if it has
+    one, else none); the others go through ``dense_compressor`` (default: dense fp32) without memory.
     ``optimizer`` (optional) supplies live hyper-parameters: weight decay is folded into a compressed
     gradient when the memory applies momentum (read from the parameter's group at every step), and such a
     memory follows the optimizer's momentum and Nesterov setting (:meth:`follow_optimizer`).
@@ -109,7 +110,9 @@ class Exchange:
         """(collective, dtype) of the current step's first payload: the flag travels the same way, so a
         fused exchange packs it into a collective the step makes anyway."""
         self.compressor = compressor if compressor is not None else Compressor()
-        self.memory = memory if memory is not None else Memory()
+        if memory is None:      # the reference code's spelling: DGCCompressor(..., memory=DGCSGDMemory())
+            memory = getattr(self.compressor, "memory", None) or Memory()
+        self.memory = memory
         self.optimizer = optimizer
         group_of = {}
         if optimizer is not None:
@@ -389,6 +392,47 @@ class Exchange:
         self.skipped_steps = state.get("skipped_steps", 0)
         if self.loss_scale is not None and "loss_scale" in state:
             self.loss_scale.load_state_dict(state["loss_scale"])
+
+
+class DenseStats:
+    """The statistics side of :class:`dgc.exchange.Exchange` for a backend's own exchange (Horovod's
+    ``hvd.DistributedOptimizer``, DDP's allreduce: the baselines users trust), so a training loop reads all
+    the same way: every step sends every trained gradient densely as fp32; or, given torch's ``powersgd``
+    hook state, what that hook sends by its own rule (estimated: rank x (n + m) values for each matrix it
+    compresses, the rest dense)."""
+
+    def __init__(self, named_parameters, powersgd=None):
+        params = [p for _, p in named_parameters if p.requires_grad]
+        numel = sum(p.numel() for p in params)
+        values = numel
+        if powersgd is not None:
+            values = sum(_powersgd_values(p, powersgd.matrix_approximation_rank, powersgd.min_compression_rate)
+                         for p in params)
+        self.measure_error = False
+        self.skipped_steps = 0
+        """The backends' own optimizers skip no step (a non-finite gradient reaches the weights)."""
+        self.last_exchange = {"bytes_sent": 4 * values, "values_sent": values, "compress_s": 0.0,
+                              "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": values / numel,
+                              "density": values / numel, "relative_error": None, "snr_db": None}
+
+    def set_epoch(self, epoch):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _powersgd_values(p, rank, min_rate):
+    """Values torch's powerSGD_hook sends for ``p``: P and Q (rank x (n + m)) where that compresses by at
+    least ``min_rate``, else the tensor itself."""
+    if p.dim() < 2:
+        return p.numel()
+    n, m = p.shape[0], p.numel() // p.shape[0]
+    rank = min(n, m, rank)
+    return (n + m) * rank if n * m >= min_rate * (n + m) * rank else n * m
 
 
 def _check_gradient(flat, name, raise_nonfinite=True):

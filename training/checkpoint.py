@@ -169,9 +169,13 @@ def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, s
 
 
 def _sound(path):
+    """Whether ``path`` is a usable checkpoint: by its checksum alone when it has one (no unpickling of the
+    whole state every epoch), else by loading it."""
     if not path.is_file():
         return False
     try:
+        if _body(path)[1]:
+            return True
         load(path)
     except CorruptCheckpoint:
         return False
@@ -185,21 +189,28 @@ def prune_rank_files(folder, rank, keep_epoch):
             path.unlink()
 
 
+def _body(path):
+    """``(contents without the checksum trailer, whether a checksum verified them)``; raise
+    :class:`CorruptCheckpoint` if the file cannot be read or its checksum does not match. A file without a
+    trailer (truncated, or written before checksums existed) is returned unverified."""
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as error:
+        raise CorruptCheckpoint(f"{path}: cannot be read ({error.strerror or error})") from None
+    tail = len(MAGIC) + 32
+    if len(data) < tail or data[-tail:-32] != MAGIC:
+        return data, False
+    body = data[:-tail]
+    if hashlib.sha256(body).digest() != data[-32:]:
+        raise CorruptCheckpoint(f"{path}: checksum mismatch (the file was altered or partly written)")
+    return body, True
+
+
 def load(path):
     """Load a checkpoint file, checking its SHA-256; raise :class:`CorruptCheckpoint` naming it if the file
     is truncated, altered, missing or unreadable."""
     path = pathlib.Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CorruptCheckpoint(f"{path}: cannot be read ({error.strerror or error})") from None
-    tail = len(MAGIC) + 32
-    if len(data) >= tail and data[-tail:-32] == MAGIC:
-        body = data[:-tail]
-        if hashlib.sha256(body).digest() != data[-32:]:
-            raise CorruptCheckpoint(f"{path}: checksum mismatch (the file was altered or partly written)")
-    else:
-        body = data         # no checksum: a truncated file, or one written before checksums existed
+    body, _ = _body(path)
     try:
         return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
     except Exception as error:

@@ -36,8 +36,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 isinstance(backward_passes_per_step, int) and backward_passes_per_step >= 1):
             raise ValueError(f"DistributedOptimizer: backward_passes_per_step={backward_passes_per_step!r} "
                              "must be an int >= 1")
-        if memory is None:
-            memory = getattr(compression, "memory", None)
         trained = [(name_of[p], p) for p in params if p.requires_grad]
         self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self,
                                  dense_compressor=dense_compression, local=local_communicator,
@@ -145,47 +143,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._base_class.load_state_dict(self, state_dict)
         self._reset_counters()
         self.exchange.follow_optimizer()
-
-
-class DenseStats:
-    """The statistics side of :class:`dgc.exchange.Exchange` for a backend's own exchange (Horovod's
-    ``hvd.DistributedOptimizer``, DDP's allreduce: the baselines users trust), so a training loop reads all
-    the same way: every step sends every trained gradient densely as fp32; or, given torch's ``powersgd``
-    hook state, what that hook sends by its own rule (estimated: rank x (n + m) values for each matrix it
-    compresses, the rest dense)."""
-
-    def __init__(self, named_parameters, powersgd=None):
-        params = [p for _, p in named_parameters if p.requires_grad]
-        numel = sum(p.numel() for p in params)
-        values = numel
-        if powersgd is not None:
-            values = sum(_powersgd_values(p, powersgd.matrix_approximation_rank, powersgd.min_compression_rate)
-                         for p in params)
-        self.measure_error = False
-        self.skipped_steps = 0
-        """The backends' own optimizers skip no step (a non-finite gradient reaches the weights)."""
-        self.last_exchange = {"bytes_sent": 4 * values, "values_sent": values, "compress_s": 0.0,
-                              "decompress_s": 0.0, "dense_bytes": 4 * numel, "compression_ratio": values / numel,
-                              "density": values / numel, "relative_error": None, "snr_db": None}
-
-    def set_epoch(self, epoch):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
-def _powersgd_values(p, rank, min_rate):
-    """Values torch's powerSGD_hook sends for ``p``: P and Q (rank x (n + m)) where that compresses by at
-    least ``min_rate``, else the tensor itself."""
-    if p.dim() < 2:
-        return p.numel()
-    n, m = p.shape[0], p.numel() // p.shape[0]
-    rank = min(n, m, rank)
-    return (n + m) * rank if n * m >= min_rate * (n + m) * rank else n * m
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,

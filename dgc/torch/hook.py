@@ -28,8 +28,6 @@ class DGCHook:
                  nonfinite="skip", loss_scale=None):
         module = getattr(model, "module", model)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if memory is None:
-            memory = getattr(compression, "memory", None)
         self.exchange = Exchange(named, communicator or TorchCommunicator(), compression, memory, optimizer=optimizer,
                                  dense_compressor=dense_compression, nonfinite=nonfinite, loss_scale=loss_scale)
         self.name_of = {p: n for n, p in named}
