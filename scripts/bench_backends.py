@@ -80,7 +80,7 @@ def worker(args):
     if rank == 0:
         print(json.dumps({"seconds": statistics.median(times[2:])}), flush=True)
     if backend == "torch":
-        dist.destroy_process_group()     # before exit: Gloo's threads can otherwise abort the interpreter's exit
+        dgc_torch.close_process_group()
 
 
 def launch(backend, method, args):

@@ -9,6 +9,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from dgc.torch import close_process_group
+
 Sum, Min = dist.ReduceOp.SUM, dist.ReduceOp.MIN
 
 
@@ -17,9 +19,7 @@ def init(process_sets=None):
         raise ValueError("the torch backend has no process sets (train.hierarchical needs --backend horovod)")
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-        # Tear Gloo down before the interpreter does: its threads otherwise can abort the exit ("terminate
-        # called without an active exception").
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+        atexit.register(close_process_group)     # Gloo torn down before the interpreter is
 
 
 def rank():

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dgc.compressors.dgc import DGCCompressor
 from dgc.compressors.topk import TopKCompressor
 from dgc.memory import DGCSGDMemory, ResidualMemory
-from dgc.torch import DGCHook, dgc_hook
+from dgc.torch import DGCHook, close_process_group, dgc_hook
 
 dist.init_process_group("gloo")
 RANK, SIZE = dist.get_rank(), dist.get_world_size()
@@ -124,4 +124,4 @@ check_conservation_and_replicas()
 check_nonfinite_skip()
 dist.barrier()
 print(f"rank {RANK}/{SIZE}: ddp checks ok", flush=True)
-dist.destroy_process_group()
+close_process_group()
