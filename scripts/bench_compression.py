@@ -5,6 +5,7 @@ fp32, and relative L2 error of what one worker's exchange delivers (2^16 to 2^24
 the whole gradient of ResNet-20 and VGG-16 on one random CIFAR batch).
 
     .venv/bin/python scripts/bench_compression.py [--device cpu|cuda] [--min-exp 16] [--max-exp 26]
+    .venv/bin/python scripts/bench_compression.py --breakdown 24     # the DGC+mc compress side, per operator
 
 Throughput is GB/s of dense fp32 gradient (numel * 4 bytes / seconds), median of repeated runs. DGC is one
 worker's exchange of one gradient through the library's pipeline (dgc.exchange, in-process communicator):
@@ -52,6 +53,46 @@ def timed(fn, device, repeats, after=None):
     return statistics.median(times[1:])
 
 
+def corrected_exchange(numel, device, ratio):
+    """The compress side as training runs it with configs/dgc: an exchange of one (rows x cols) parameter
+    with DGCSGDMemory (clipping, weight decay, Nesterov momentum); returns it and the parameter."""
+    rows = 2 ** (numel.bit_length() // 2)
+    param = torch.nn.Parameter(torch.randn(rows, numel // rows, device=device))
+    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    exchange = Exchange([("w", param)], InProcessGroup(1).communicator(0),
+                        DGCCompressor(compress_ratio=ratio, min_compress_numel=1),
+                        DGCSGDMemory(gradient_clipping=5.0), optimizer)
+    return exchange, param
+
+
+def breakdown(exp, device, ratio, repeats):
+    """Where the compress side's time goes: torch.profiler's self CPU time per operator in one call of
+    Exchange.start on 2^exp elements (mean over repeats), next to one copy_ of the same size."""
+    numel = 2 ** exp
+    x = torch.randn(numel, device=device)
+    exchange, param = corrected_exchange(numel, device, ratio)
+    average, buffer = torch.empty_like(param), torch.empty_like(x)
+    copy_ms = 1e3 * timed(lambda: buffer.copy_(x), device, repeats)
+    exchange.finish([exchange.start("w", x.view(param.shape), out=average)])
+    per_op, wall = {}, []
+    for _ in range(repeats):
+        with torch.profiler.profile() as prof:
+            started = time.perf_counter()
+            pending = exchange.start("w", x.view(param.shape), out=average)
+            wall.append(time.perf_counter() - started)
+        exchange.finish([pending])
+        for event in prof.key_averages():
+            calls, ms = per_op.get(event.key, (0, 0.0))
+            per_op[event.key] = (calls + event.count, ms + event.self_cpu_time_total / 1e3)
+    start_ms = 1e3 * statistics.median(wall)
+    print(f"2^{exp} elements: copy_ {copy_ms:.3f} ms; Exchange.start {start_ms:.3f} ms "
+          f"(median, under the profiler); self CPU time per call:\n")
+    print("| operator | calls | ms |")
+    print("| :--- | ---: | ---: |")
+    for key, (calls, ms) in sorted(per_op.items(), key=lambda item: -item[1][1]):
+        print(f"| {key} | {calls / repeats:g} | {ms / repeats:.3f} |")
+
+
 def bench(numel, device, ratio, repeats):
     x = torch.randn(numel, device=device)
     grad = torch.empty_like(x).view(-1, 1)
@@ -62,12 +103,7 @@ def bench(numel, device, ratio, repeats):
     def dgc():
         exchange.finish([exchange.start("g", x, out=grad)])
 
-    rows = 2 ** (numel.bit_length() // 2)
-    param = torch.nn.Parameter(torch.randn(rows, numel // rows, device=device))
-    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    corrected = Exchange([("w", param)], InProcessGroup(1).communicator(0),
-                         DGCCompressor(compress_ratio=ratio, min_compress_numel=1),
-                         DGCSGDMemory(gradient_clipping=5.0), optimizer)
+    corrected, param = corrected_exchange(numel, device, ratio)
     pending = []
     buffer, average = torch.empty_like(x), torch.empty_like(param)
     gb = numel * 4 / 1e9
@@ -133,10 +169,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--family-exps", default="16,20,24,26", help="matrix sizes (powers of two) for table 2")
     parser.add_argument("--family-repeats", type=int, default=3)
+    parser.add_argument("--breakdown", type=int, metavar="EXP",
+                        help="only profile the DGC+mc compress side on 2^EXP elements, operator by operator")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; ratio {args.ratio}; GB/s of dense fp32 gradient\n")
+    if args.breakdown is not None:
+        return breakdown(args.breakdown, device, args.ratio, args.repeats)
     print("| elements | clone GB/s | exact topk GB/s | DGC GB/s | DGC / clone | DGC / topk | copy_ GB/s | "
           "DGC+mc compress GB/s | DGC+mc compress / copy_ |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
