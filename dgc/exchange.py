@@ -107,8 +107,9 @@ class Exchange:
         self._flag = None
         """The handle of the current step's non-finite flag, once started."""
         self._kind = None
-        """(collective, dtype) of the current step's first payload: the flag travels the same way, so a
-        fused exchange packs it into a collective the step makes anyway."""
+        """(name, collective, dtype, device) of the current step's payload whose name sorts first (the same
+        on every rank, whatever order the gradients arrived in): the flag travels the same way, so a fused
+        exchange packs it into a collective the step makes anyway."""
         self.compressor = compressor if compressor is not None else Compressor()
         if memory is None:      # the reference code's spelling: DGCCompressor(..., memory=DGCSGDMemory())
             memory = getattr(self.compressor, "memory", None) or Memory()
@@ -167,8 +168,8 @@ class Exchange:
         """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
         compressor's next payloads start as soon as each round's result is decoded. ``closes_step``: these
         are the step's last exchanges (False for all but a DDP step's last bucket); then, with ``nonfinite``
-        set (flat exchange), the step's flag starts first, as the step's first payload went, so a fused
-        exchange carries it in a collective it makes anyway."""
+        set (flat exchange), the step's flag starts first, the way the step's payload whose name sorts
+        first went, so a fused exchange carries it in a collective it makes anyway."""
         if self.nonfinite is not None and self.local is None and self._flag is None and closes_step:
             self._flag = self._start_flag()
         while pending:
@@ -256,20 +257,21 @@ class Exchange:
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
         self.stats["values_sent"] += payload.num_values
         self.stats["collectives"] += 1
-        if self._kind is None:
-            self._kind = (payload.collective, payload.tensor.dtype)
+        if self._kind is None or route.name < self._kind[0]:
+            self._kind = (route.name, payload.collective, payload.tensor.dtype, payload.tensor.device)
         return Pending(route, self.communicator.start(payload, route.name), ctx, out, reference)
 
     def end_step(self):
         """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
         over all ranks whether any gradient was non-finite (one tiny collective, of the kind of the step's
-        first payload; hierarchical: within the host, between leaders, back to the host), then commit the
+        payload whose name sorts first; hierarchical: within the host, between leaders, back to the host), then commit the
         memory, or roll the memory and compressor back and return True ("skip") or raise ("stop"). Returns
         False for a step that counts (always, without ``nonfinite``: a bad gradient raised at once)."""
         if self.nonfinite is None:
             return False
         if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
-            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(torch.float32), "allreduce", 0),
+            device = next(iter(self.routes.values())).param.device
+            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(torch.float32, device), "allreduce", 0),
                                                     "dgc.nonfinite.local"))
             if self.communicator is not None:
                 flag = self.communicator.wait(self.communicator.start(Payload(flag, "allreduce", 0), "dgc.nonfinite"))
@@ -292,15 +294,17 @@ class Exchange:
                                      "'stop'); the memory holds the state before this step")
         return True
 
-    def _flag_tensor(self, dtype):
-        """1 where this rank saw a non-finite gradient this step, else 0, as one element of ``dtype``."""
-        return torch.tensor([1 if self._bad else 0], dtype=dtype)
+    def _flag_tensor(self, dtype, device):
+        """1 where this rank saw a non-finite gradient this step, else 0, as one element of ``dtype`` on
+        ``device`` (where the payloads are: NCCL moves only GPU tensors)."""
+        return torch.tensor([1 if self._bad else 0], dtype=dtype, device=device)
 
     def _start_flag(self):
-        """Start this rank's flag through the step's first payload's collective and dtype (an average or a
-        concatenation: either is nonzero where any rank's flag is)."""
-        collective, dtype = self._kind or ("allreduce", torch.float32)
-        flag = self._flag_tensor(dtype)
+        """Start this rank's flag through the collective, dtype and device of the step's payload whose name
+        sorts first (an average or a concatenation: either is nonzero where any rank's flag is)."""
+        first = next(iter(self.routes.values())).param.device
+        _, collective, dtype, device = self._kind or (None, "allreduce", torch.float32, first)
+        flag = self._flag_tensor(dtype, device)
         self.stats["bytes_sent"] += flag.element_size()
         self.stats["control_bytes"] += flag.element_size()
         self.stats["collectives"] += 1

@@ -9,6 +9,7 @@ from dgc.compressors.powersgd import PowerSGDCompressor
 from dgc.compressors.signum import SignumCompressor
 from dgc.compressors.topk import TopKCompressor
 from dgc.exchange import Exchange
+from dgc.fused import FusedCommunicator
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, Memory, ResidualMemory
 
@@ -183,3 +184,21 @@ def test_loss_scale_needs_a_nonfinite_policy_and_sane_arguments():
         Exchange(named(), InProcessGroup(1).communicator(0), loss_scale=LossScale())
     with pytest.raises(ValueError, match="backoff_factor=2"):
         LossScale(backoff_factor=2)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
+def test_ranks_whose_gradients_arrive_in_different_orders_agree_on_the_flag(fuse):
+    """The flag goes the way of the payload whose name sorts first, not of the one this rank started first:
+    odd ranks start their tensors in reverse order (a compressed one first on even ranks, a dense one first
+    on odd ranks), and every rank still agrees on every step (a mismatch raises or hangs)."""
+    def worker(comm):
+        comm = FusedCommunicator(comm) if fuse else comm
+        ex = Exchange(named(), comm, TopKCompressor(0.05, min_compress_numel=100), ResidualMemory(), nonfinite="skip")
+        order = list(SHAPES) if comm.rank % 2 == 0 else list(reversed(SHAPES))
+        skipped = []
+        for step in range(3):
+            g = grads(comm.rank, step, ("fc", float("nan")) if (step, comm.rank) == (1, 1) else None)
+            ex.finish([ex.start(n, g[n]) for n in order])
+            skipped.append(ex.end_step())
+        return skipped
+    assert InProcessGroup(RANKS, timeout=10).run(worker) == [[False, True, False]] * RANKS
