@@ -127,18 +127,19 @@ def build_ddp(cfg, model, world_size):
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
         state = cfg.train.torch_hook()
         ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
-        return ddp, optimizer, DenseStats(model.named_parameters(), powersgd=state), optimizer.step
+        return ddp, optimizer, DenseStats(model.named_parameters(), powersgd=state), lambda: optimizer.step()
     if cfg.train.compression is None:
-        return ddp, optimizer, DenseStats(model.named_parameters()), optimizer.step
+        return ddp, optimizer, DenseStats(model.named_parameters()), lambda: optimizer.step()
     hook = dgc_torch.DGCHook(ddp, optimizer, communicator=fused(cfg, dgc_torch.TorchCommunicator()),
                              **exchange_options(cfg))
     ddp.register_comm_hook(hook, dgc_torch.dgc_hook)
     return ddp, optimizer, hook.exchange, lambda: hook.step(optimizer)
 
 
-def check_training_setup(cfg):
-    """Build the model and the distributed optimizer once on one in-process worker, so that a bad compressor,
-    memory or optimizer argument stops every rank with a message before Horovod starts or anything trains."""
+def check_training_setup(cfg, backend):
+    """Build the model and the distributed optimizer (``backend`` "torch": the DDP hook's state) once on one
+    in-process worker, so that a bad compressor, memory or optimizer argument stops every rank with a message
+    before the process group starts or anything trains (and the torch backend never needs Horovod)."""
     from dgc.inprocess import InProcessGroup
     from training.config import ConfigError
 
@@ -151,7 +152,12 @@ def check_training_setup(cfg):
         except (ValueError, TypeError) as error:
             raise ConfigError(f"train.{key}: {error}") from None
     try:
-        build_optimizer(cfg, cfg.model(), 1, InProcessGroup(1).communicator(0))
+        model, communicator = cfg.model(), InProcessGroup(1).communicator(0)
+        if backend == "torch":
+            from dgc.torch import DGCHook
+            DGCHook(model, scaled_optimizer(cfg, model, 1), communicator=communicator, **exchange_options(cfg))
+        else:
+            build_optimizer(cfg, model, 1, communicator)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"train.optimizer with this compression and memory: {error}") from None
 
@@ -228,7 +234,7 @@ def main(argv=None):
         if args.backend != "torch" and cfg.train.torch_hook is not None:
             raise ConfigError("train.torch_hook (e.g. configs/ddp/powersgd.py) is a DDP communication "
                               "hook: it needs --backend torch under torchrun")
-        check_training_setup(cfg)
+        check_training_setup(cfg, args.backend)
         import torch
         from training import data as data_lib
         dataset = cfg.data.dataset()
@@ -330,7 +336,7 @@ def train(args, cfg, dataset):
         net, optimizer, exchange, step = build_ddp(cfg, model, world)
     else:
         optimizer, exchange = build_optimizer(cfg, model, world)
-        net, step = model, optimizer.step
+        net, step = model, lambda: optimizer.step()     # late bound: the scheduler wraps optimizer.step
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
 
     if args.evaluate:
@@ -344,10 +350,15 @@ def train(args, cfg, dataset):
             print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
         return 0
 
+    leaders = None      # the ranks keeping residuals: all, or with train.hierarchical each host's leader
+    if cfg.train.hierarchical:
+        leads = hvd.allgather_object(exchange.communicator is not None, name="dgc.leaders")
+        leaders = [r for r, lead in enumerate(leads) if lead]
     try:
         start_epoch, history = ckpt.resume(main_ckpt, ckpt_dir, rank, world, description, model, optimizer,
                                            scheduler, exchange, all_ok=lambda ok: hvd.allreduce(
-                                               torch.tensor(float(ok)), op=hvd.Min, name="dgc.resume").item() == 1)
+                                               torch.tensor(float(ok)), op=hvd.Min, name="dgc.resume").item() == 1,
+                                           leaders=leaders)
     except ckpt.ResumeError as error:
         if rank == 0:
             print(f"train.py: error: {error}", file=sys.stderr)
@@ -441,7 +452,7 @@ def train(args, cfg, dataset):
                   f"test_top1={record['test_top1']:.2f} ratio={record['compression_ratio']:.5f} "
                   f"time={record['epoch_time_s']:.1f}s", flush=True)
         ckpt.save(main_ckpt, ckpt_dir, rank, world, epoch + 1, description, model, optimizer, scheduler, exchange,
-                  log.history, barrier=hvd.barrier)
+                  log.history, barrier=hvd.barrier, leaders=leaders)
     log.close()
     if rank == 0 and log.history:
         summary = log.summary()

@@ -19,15 +19,16 @@ def horovodrun(np, args, timeout=300, cwd=ROOT, check=True, hosts=None):
     return run_job(cmd, timeout, cwd, check)
 
 
-def torchrun(np, args, timeout=300, cwd=ROOT, check=True):
-    """Run ``torchrun --standalone --nproc-per-node N ARGS`` (one machine, a free rendezvous port); return
-    the completed process."""
+def torchrun(np, args, timeout=300, cwd=ROOT, check=True, pythonpath=()):
+    """Run ``torchrun --standalone --nproc-per-node N ARGS`` (one machine, a free rendezvous port; folders of
+    ``pythonpath`` before the repository on the import path); return the completed process."""
     cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(np), *[str(a) for a in args]]
-    return run_job(cmd, timeout, cwd, check)
+    return run_job(cmd, timeout, cwd, check, pythonpath)
 
 
-def run_job(cmd, timeout, cwd, check):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def run_job(cmd, timeout, cwd, check, pythonpath=()):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, pythonpath), str(ROOT)]), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n"

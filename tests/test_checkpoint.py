@@ -1,6 +1,6 @@
 """Checkpoint files in one process: checksums catch truncation and alteration, a full disk leaves the old
 file, resuming falls back to the previous checkpoint together on every rank, and a different number of
-workers gets the residuals redistributed with their sum preserved."""
+workers (or of ranks keeping residuals) gets the residuals redistributed with their sum preserved."""
 import errno
 import os
 
@@ -53,6 +53,33 @@ def test_redistribution_preserves_the_sum_of_residuals():
         assert [n["compressor"]["r"] for n in news] == [r % 2 for r in range(world)]
     assert torch.equal(olds[0]["memory"]["residuals"]["w"] + olds[1]["memory"]["residuals"]["w"], total), \
         "the old states were modified"
+
+
+def test_hierarchical_redistribution_gives_the_sum_to_the_new_leaders_only():
+    """Hierarchical runs keep residuals on each host's leader only: 2 hosts x 2 ranks (leaders 0 and 2) resumed
+    as 2 hosts x 3 ranks (leaders 0 and 3) or 3 hosts x 2 ranks (leaders 0, 2, 4): the new leaders share the
+    old leaders' sum, the other ranks get none (they never use it, so a share there would be lost)."""
+    gen = torch.Generator().manual_seed(1)
+    olds = [{"compressor": {}, "memory": {"residuals": {"w": torch.randn(50, generator=gen)} if r in (0, 2) else {}},
+             "skipped_steps": 0} for r in range(4)]
+    total = olds[0]["memory"]["residuals"]["w"] + olds[2]["memory"]["residuals"]["w"]
+    for world, leaders in ((6, [0, 3]), (6, [0, 2, 4]), (4, [0, 1])):
+        news = [ckpt.redistribute(olds, rank, world, leaders) for rank in range(world)]
+        assert [bool(n["memory"]["residuals"]) for n in news] == [r in leaders for r in range(world)]
+        torch.testing.assert_close(sum(news[r]["memory"]["residuals"]["w"] for r in leaders), total, rtol=0, atol=1e-6)
+
+
+def test_resume_redistributes_when_the_leaders_changed_at_the_same_world_size(tmp_path):
+    """Same number of workers, other ranks keeping residuals (hosts regrouped): each rank's own file would
+    leave a new leader empty and the old one's residuals unused, so they are redistributed."""
+    save_epochs(tmp_path, 1)
+    saved = ckpt.load(tmp_path / "rank0.epoch1.pt")["exchange"]["memory"]["residuals"]["weight"]
+    assert saved.any()
+    model, optimizer, scheduler, exchange = make()
+    with pytest.warns(UserWarning, match=r"residuals on ranks all.*residuals on ranks \[0\].*redistributed"):
+        ckpt.resume(tmp_path / "checkpoint.pt", tmp_path, 0, 1, "cfg", model, optimizer, scheduler, exchange,
+                    all_ok=lambda ok: ok, leaders=[0])
+    assert torch.equal(exchange.memory.buffers["residuals"]["weight"], saved)
 
 
 def make(rank=0):

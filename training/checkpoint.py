@@ -85,11 +85,13 @@ def previous(main_ckpt):
     return main_ckpt.with_name(f"{main_ckpt.stem}.prev{main_ckpt.suffix}")
 
 
-def resume(main_ckpt, folder, rank, world, description, model, optimizer, scheduler, exchange, all_ok):
+def resume(main_ckpt, folder, rank, world, description, model, optimizer, scheduler, exchange, all_ok, leaders=None):
     """Continue from ``main_ckpt`` (or, where it or a rank's file is corrupt on any rank, the previous
     checkpoint) if one exists: load model, optimizer, schedule, this rank's exchange state (redistributed
-    when the number of workers changed) and RNG states; return ``(epochs done, metrics history)``, or
-    ``(0, [])`` for a fresh run. ``all_ok(bool)`` returns whether every rank passed True (a collective)."""
+    when the number of workers or the ranks keeping residuals changed) and RNG states; return ``(epochs done,
+    metrics history)``, or ``(0, [])`` for a fresh run. ``all_ok(bool)`` returns whether every rank passed
+    True (a collective). ``leaders``: the ranks that keep residuals (hierarchical exchange: each host's
+    leader); None: every rank."""
     candidates = [c for c in (pathlib.Path(main_ckpt), previous(main_ckpt)) if c.is_file()]
     for number, candidate in enumerate(candidates):
         try:
@@ -97,7 +99,7 @@ def resume(main_ckpt, folder, rank, world, description, model, optimizer, schedu
             if config_key(state["config"]) != config_key(description):
                 raise ResumeError(f"{candidate.parent.parent} holds a checkpoint of a different config; pass "
                                   "--run-dir to start a new run there (nothing was changed)")
-            rank_state = _rank_state(folder, rank, world, state)
+            rank_state = _rank_state(folder, rank, world, state, leaders)
             problem = None
         except CorruptCheckpoint as error:
             problem = str(error)
@@ -118,40 +120,45 @@ def resume(main_ckpt, folder, rank, world, description, model, optimizer, schedu
     return 0, []
 
 
-def _rank_state(folder, rank, world, state):
+def _rank_state(folder, rank, world, state, leaders=None):
     """This rank's exchange state and RNG state of the checkpoint ``state``: its own file when the number of
-    workers is the checkpoint's; else :func:`redistribute` over every old rank's file (and no RNG state)."""
+    workers and the ranks keeping residuals (``leaders``, None: all) are the checkpoint's; else
+    :func:`redistribute` over every old rank's file (and no RNG state)."""
     old_world = state.get("world_size", world)
-    if old_world == world:
+    if old_world == world and state.get("leaders") == leaders:
         return load(rank_file(folder, rank, state["epoch"]))
     olds = [load(rank_file(folder, r, state["epoch"]))["exchange"] for r in range(old_world)]
     if rank == 0:
-        warnings.warn(f"the checkpoint of epoch {state['epoch']} was written by {old_world} workers, this run has "
-                      f"{world}: residuals redistributed (their sum preserved), random streams restarted")
-    return {"exchange": redistribute(olds, rank, world), "rng": None}
+        warnings.warn(f"the checkpoint of epoch {state['epoch']} was written by {old_world} workers (residuals on "
+                      f"ranks {state.get('leaders') or 'all'}), this run has {world} (residuals on ranks "
+                      f"{leaders or 'all'}): residuals redistributed (their sum preserved), random streams restarted")
+    return {"exchange": redistribute(olds, rank, world, leaders), "rng": None}
 
 
-def redistribute(old_states, rank, world):
-    """Rank ``rank`` of ``world``'s exchange state from the old ranks' states: every memory buffer is the old
-    ranks' sum divided by ``world`` (the sum of what is still owed is preserved); the compressor state and
-    counters are old rank ``rank % len(old_states)``'s."""
+def redistribute(old_states, rank, world, leaders=None):
+    """Rank ``rank`` of ``world``'s exchange state from the old ranks' states: on the ranks that keep residuals
+    (``leaders``; None: all ``world``) every memory buffer is the old ranks' sum divided by their number, on
+    the others empty, so the sum of the residuals is preserved (with ``train.scale_lr_by_workers``, the
+    default, that is the update the weights are still owed; without it the owed update scales by the ratio
+    of old to new workers). The compressor state and counters are old rank ``rank % len(old_states)``'s."""
+    keepers = range(world) if leaders is None else leaders
     memory = {}
     for state in old_states:
         for key, buffers in state["memory"].items():
             for name, tensor in buffers.items():
                 total = memory.setdefault(key, {}).get(name)
                 memory[key][name] = tensor.clone() if total is None else total.add_(tensor)
-    for buffers in memory.values():
-        for tensor in buffers.values():
-            tensor.div_(world)
+    for key, buffers in memory.items():
+        memory[key] = {name: t.div_(len(keepers)) for name, t in buffers.items()} if rank in keepers else {}
     return {**old_states[rank % len(old_states)], "memory": memory}
 
 
 def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, scheduler, exchange, history,
-         barrier):
+         barrier, leaders=None):
     """Checkpoint the end of ``epoch`` (1-based): every rank's file, ``barrier()``, rank 0 keeps the current
-    main file (if sound) as the previous one and writes the new one, ``barrier()``, then each rank drops its
-    files of epochs before ``epoch - 1``."""
+    main file (if sound) as the previous one and writes the new one (with ``world`` and ``leaders``, the ranks
+    keeping residuals, for :func:`resume`), ``barrier()``, then each rank drops its files of epochs before
+    ``epoch - 1``."""
     atomic_save({"epoch": epoch, "exchange": exchange.state_dict(), "rng": rng_state()}, rank_file(folder, rank, epoch))
     barrier()
     main_ckpt = pathlib.Path(main_ckpt)
@@ -161,7 +168,8 @@ def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, s
             link.unlink(missing_ok=True)
             os.link(main_ckpt, link)
             os.replace(link, previous(main_ckpt))
-        atomic_save({"epoch": epoch, "world_size": world, "config": description, "model": model.state_dict(),
+        atomic_save({"epoch": epoch, "world_size": world, "leaders": leaders, "config": description,
+                     "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history},
                     main_ckpt)
     barrier()

@@ -43,7 +43,7 @@ class DGCHook:
         momentum and weight decay the memory applied (momentum correction)."""
         if self.step_skipped:
             return
-        step_corrected(optimizer, type(optimizer).step, self.exchange.corrected)
+        step_corrected(optimizer, lambda opt: opt.step(), self.exchange.corrected)   # as wrapped (lr schedulers)
 
     def state_dict(self):
         return self.exchange.state_dict()
