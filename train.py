@@ -262,6 +262,9 @@ def check_config(cfg):
             raise ConfigError(f"config key 'train.{key}' must be a positive int, got {value!r}")
     if cfg.train.hierarchical not in (True, False):
         raise ConfigError(f"config key 'train.hierarchical' must be True or False, got {cfg.train.hierarchical!r}")
+    if cfg.train.torch_hook is not None and cfg.train.compression is not None:
+        raise ConfigError("train.torch_hook (a DDP communication hook, e.g. configs/ddp/powersgd.py) and "
+                          f"train.compression ({cfg.train.compression}) both replace DDP's allreduce; keep one")
     if cfg.train.hierarchical and cfg.train.compression is None:
         raise ConfigError("train.hierarchical=True needs a compression (train.compression is None: Horovod's own "
                           "allreduce, which is made hierarchical by HOROVOD_HIERARCHICAL_ALLREDUCE=1 instead)")

@@ -11,6 +11,10 @@ class LossScale:
     (``DistributedOptimizer(..., loss_scale=...)``), which unscales and calls :meth:`update` every step."""
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+        for what, value in (("init_scale", init_scale), ("growth_factor", growth_factor),
+                            ("backoff_factor", backoff_factor)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"LossScale: {what}={value!r} must be a number")
         for what, value, ok in (("init_scale", init_scale, init_scale > 0), ("growth_factor", growth_factor,
                                 growth_factor > 1), ("backoff_factor", backoff_factor, 0 < backoff_factor < 1)):
             if not ok:

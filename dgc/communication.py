@@ -2,8 +2,9 @@
 
 A communicator starts the collective a :class:`dgc.compressors.Payload` names and later returns its
 result; the exchange (:mod:`dgc.exchange`) never needs to know which library runs it: Horovod
-(:class:`dgc.horovod.HorovodCommunicator`) or N logical workers in one process
-(:class:`dgc.inprocess.InProcessGroup`).
+(:class:`dgc.horovod.HorovodCommunicator`), torch.distributed (:class:`dgc.torch.TorchCommunicator`) or N
+logical workers in one process (:class:`dgc.inprocess.InProcessGroup`); :class:`dgc.fused.FusedCommunicator`
+wraps any of them.
 """
 from typing import Any, Protocol
 

@@ -73,7 +73,9 @@ class Exchange:
     against the dense average of what was compressed (costly: set it on sampled steps, alike on every rank).
     ``local``: a communicator over this host's ranks, for the hierarchical exchange; then ``communicator``
     joins the hosts' leaders (local rank 0) and is None on the other ranks. Every host must have as many ranks.
-    ``nonfinite``: None raises FloatingPointError at once on the rank whose gradient has NaN/Inf. "skip" or
+    ``nonfinite``: None raises FloatingPointError at once where a compressed tensor's gradient has NaN/Inf
+    (before it can enter a residual; hierarchical: on the host's leader, after the host's average; dense
+    tensors are not checked, as with plain Horovod). "skip" or
     "stop" make steps transactions: a bad gradient is replaced by zeros, the step is finished alike on every
     rank, and :meth:`end_step` (once per step, on every rank) agrees over all ranks whether any had one;
     then every rank rolls back its memory (double-buffered: no copy) and compressor state (a stateful
@@ -92,6 +94,10 @@ class Exchange:
             raise ValueError("Exchange: a loss_scale needs nonfinite='skip' or 'stop' (overflow steps are normal "
                              "with fp16 loss scaling and must be skipped on every rank)")
         self.loss_scale = loss_scale
+        if local is None and communicator is None:
+            raise ValueError("Exchange: communicator=None; expected a communicator (e.g. "
+                             "dgc.horovod.HorovodCommunicator(), dgc.torch.TorchCommunicator() or "
+                             "dgc.inprocess.InProcessGroup(n).communicator(rank))")
         if local is not None and (local.rank == 0) != (communicator is not None):
             raise ValueError(f"Exchange: hierarchical rank {local.rank} of its host "
                              f"{'has no' if local.rank == 0 else 'has a'} leaders' communicator; the leader "
@@ -430,13 +436,13 @@ class DenseStats:
 
 
 def _powersgd_values(p, rank, min_rate):
-    """Values torch's powerSGD_hook sends for ``p``: P and Q (rank x (n + m)) where that compresses by at
-    least ``min_rate``, else the tensor itself."""
+    """Values torch's powerSGD_hook sends for ``p`` once it compresses: P and Q (rank x (n + m)) where that
+    compresses by more than ``min_rate`` (its ``_should_compress``), else the tensor itself."""
     if p.dim() < 2:
         return p.numel()
     n, m = p.shape[0], p.numel() // p.shape[0]
     rank = min(n, m, rank)
-    return (n + m) * rank if n * m >= min_rate * (n + m) * rank else n * m
+    return (n + m) * rank if n * m > min_rate * (n + m) * rank else n * m
 
 
 def _check_gradient(flat, name, raise_nonfinite=True):

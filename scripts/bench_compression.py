@@ -120,7 +120,7 @@ def family_row(config, named_grads, device, repeats):
     """GB/s, wire bytes / dense fp32 bytes and relative L2 error of one worker exchanging ``named_grads``
     through the compressor and memory that ``config`` selects (bytes and error of the first exchange, with
     empty memory; GB/s over repeats of the same gradients)."""
-    cfg = load_configs(["configs/digits/digitsnet.py", str(config)], root=ROOT / "configs")
+    cfg = load_configs([str(ROOT / "configs/digits/digitsnet.py"), str(config)], root=ROOT / "configs")
     memory = cfg.train.memory() if cfg.train.memory is not None else None
     params = [(name, torch.nn.Parameter(g.clone())) for name, g in named_grads]
     optimizer = torch.optim.SGD([p for _, p in params], lr=0.1, momentum=0.9)

@@ -24,3 +24,20 @@ def test_backend_benchmark_prints_both_paths_and_their_ratio():
     for row in rows:
         horovod, ddp, ratio = (float(cell) for cell in row.strip("| ").split(" | ")[1:])
         assert horovod > 0 and ddp > 0 and ratio == pytest.approx(ddp / horovod, rel=0.1)   # printed rounded
+
+
+def test_powersgd_byte_estimate_follows_the_hooks_own_rule():
+    """DenseStats' estimate for configs/ddp/powersgd.py compresses exactly the matrices torch's hook does
+    (its _should_compress is strict: at a compression rate equal to the minimum the matrix goes dense)."""
+    import types
+
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _should_compress
+
+    from dgc.exchange import DenseStats
+    state = types.SimpleNamespace(matrix_approximation_rank=4, min_compression_rate=2)
+    for shape in [(16, 16), (17, 16), (15, 16), (64, 3, 3, 3), (10, 100), (30,)]:
+        p = torch.nn.Parameter(torch.zeros(shape))
+        n, m = shape[0], p.numel() // shape[0]
+        expected = p.numel() if p.dim() < 2 or not _should_compress(n, m, 4, 2)[0] else (n + m) * 4
+        assert DenseStats([("w", p)], powersgd=state).last_exchange["values_sent"] == expected, shape

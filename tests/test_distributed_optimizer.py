@@ -8,6 +8,7 @@ import torch
 
 import dgc.horovod as dgc_hvd
 from dgc.compressors.dgc import DGCCompressor
+from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory
 from dgc.optim import DGCSGD
@@ -90,6 +91,12 @@ def test_naming_and_argument_errors():
         with pytest.raises(ValueError, match="backward_passes_per_step"):
             dgc_hvd.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), named_parameters=net.named_parameters(),
                                          backward_passes_per_step=bad, communicator=InProcessGroup(1).communicator(0))
+    for bad in ((None, None), (InProcessGroup(1).communicator(0),), "yes"):
+        with pytest.raises(ValueError, match=r"hierarchical=.*expected True or a tuple"):
+            dgc_hvd.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), named_parameters=net.named_parameters(),
+                                         hierarchical=bad)
+    with pytest.raises(ValueError, match=r"communicator=None; expected a communicator"):
+        Exchange(list(net.named_parameters()), None)
     opt = wrap(model())
     with pytest.raises(ValueError, match="already distributed"):
         dgc_hvd.DistributedOptimizer(opt, communicator=InProcessGroup(1).communicator(0))

@@ -184,6 +184,8 @@ def test_loss_scale_needs_a_nonfinite_policy_and_sane_arguments():
         Exchange(named(), InProcessGroup(1).communicator(0), loss_scale=LossScale())
     with pytest.raises(ValueError, match="backoff_factor=2"):
         LossScale(backoff_factor=2)
+    with pytest.raises(ValueError, match=r"init_scale='x' must be a number"):
+        LossScale(init_scale="x")
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])

@@ -6,7 +6,6 @@ names are accepted and ignored)."""
 import atexit
 import os
 
-import torch
 import torch.distributed as dist
 
 from dgc.torch import close_process_group

@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from dgc.exchange import Exchange
+from dgc.horovod.communicator import HorovodCommunicator, hierarchical_communicators
 from dgc.optim import step_corrected, unhooked
 
 
@@ -133,8 +134,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return self._base_class.zero_grad(self, set_to_none)
 
     def load_state_dict(self, state_dict):
-        """Load the wrapped optimizer's state; exchanges in flight are finished and rolled back, counters reset,
-        and a momentum-correcting memory follows the loaded momentum (weight decay is read live anyway)."""
+        """Load the wrapped optimizer's state; exchanges in flight are finished and their averages dropped
+        (with ``nonfinite`` set the memory and compressor go back to the step's start; without it that step's
+        gradient stays in the residuals), counters reset, and a momentum-correcting memory follows the loaded
+        momentum (weight decay is read live anyway)."""
         if self._pending:
             self.exchange.finish(list(self._pending.values()))
             self._pending.clear()
@@ -172,11 +175,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
         if communicator is not None:
             raise ValueError("DistributedOptimizer: give either communicator or hierarchical, not both")
         if hierarchical is True:
-            from dgc.horovod.communicator import hierarchical_communicators
             hierarchical = hierarchical_communicators()
+        if not (isinstance(hierarchical, tuple) and len(hierarchical) == 2 and hierarchical[1] is not None):
+            raise ValueError(f"DistributedOptimizer: hierarchical={hierarchical!r}; expected True or a tuple "
+                             "(leaders' communicator or None off the leaders, host's communicator)")
         communicator, local = hierarchical
     elif communicator is None:
-        from dgc.horovod.communicator import HorovodCommunicator
         communicator = HorovodCommunicator()
     base = optimizer.__class__
     cls = type(base.__name__, (_DistributedOptimizer, base), {"_base_class": base})
