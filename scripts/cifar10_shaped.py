@@ -1,11 +1,11 @@
-"""Time to accuracy over shaped links: CIFAR-10 ResNet-20 trained by train.py with 2 workers in their own
-network namespaces (scripts/bench_network.py's topology), each link limited to a rate, for dense fp32
-(Horovod's own), fp16 allreduce and DGC; then scripts/compare.py's table per rate and the wall-time factors
-to the target accuracy.
+"""Time to accuracy over shaped links: CIFAR-10 ResNet-20 (or another configs/cifar/ model, --model) trained
+by train.py with 2 workers in their own network namespaces (scripts/bench_network.py's topology), each link
+limited to a rate, for dense fp32 (Horovod's own), fp16 allreduce and DGC; then scripts/compare.py's table
+per rate and the wall-time factors to the target accuracy.
 
 Usage (root):
   .venv/bin/python scripts/cifar10_shaped.py [--rates 10mbit] [--epochs 3] [--fraction 1.0] [--target 50]
-      [--methods dense,fp16,dgc] [--out runs/cifar10-shaped]
+      [--methods dense,fp16,dgc] [--model resnet20] [--test-fraction 1.0] [--out runs/cifar10-shaped]
 
 DGC here is configs/dgc/ with the compact wire format (configs/dgc/compact.py) through the fused exchange,
 at 0.1% from the first step (no warm-up: the schedule is short); dgc_wm1 adds a one-epoch warm-up of the kept
@@ -39,6 +39,8 @@ def main(argv=None):
     parser.add_argument("--rates", default="10mbit")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=1.0, help="data.train_fraction")
+    parser.add_argument("--test-fraction", type=float, default=1.0, help="data.test_fraction")
+    parser.add_argument("--model", default="resnet20", help="a config of configs/cifar/ (e.g. vgg16)")
     parser.add_argument("--target", type=float, default=50.0, help="test top-1 (percent) to time")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default="runs/cifar10-shaped")
@@ -48,6 +50,8 @@ def main(argv=None):
     bad = [m for m in methods if m not in METHODS]
     if bad:
         parser.error(f"unknown method {bad[0]!r}; expected one of {', '.join(METHODS)}")
+    if not (ROOT / "configs" / "cifar" / f"{args.model}.py").is_file():
+        parser.error(f"--model {args.model!r}: no configs/cifar/{args.model}.py")
     if os.geteuid() != 0:
         print("cifar10_shaped.py: error: needs root (network namespaces, veth links, tc)", file=sys.stderr)
         return 2
@@ -60,8 +64,9 @@ def main(argv=None):
             for method in methods:
                 configs = [c for c in METHODS[method] if c.endswith(".py")]
                 overrides = [c for c in METHODS[method] if not c.endswith(".py")]
-                argv = [str(ROOT / "train.py"), "--configs", "configs/cifar/resnet20.py", *configs,
+                argv = [str(ROOT / "train.py"), "--configs", f"configs/cifar/{args.model}.py", *configs,
                         f"train.num_epochs={args.epochs}", f"data.train_fraction={args.fraction}",
+                        f"data.test_fraction={args.test_fraction}",
                         "train.scheduler.warmup_epochs=1", "train.num_threads=1", "train.measure_error_every=0",
                         f"train.target_accuracy={args.target}",
                         *overrides, "--run-dir", str(out / method)]
