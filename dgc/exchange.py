@@ -270,14 +270,14 @@ class Exchange:
     def end_step(self):
         """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
         over all ranks whether any gradient was non-finite (one tiny collective, of the kind of the step's
-        payload whose name sorts first; hierarchical: within the host, between leaders, back to the host), then commit the
-        memory, or roll the memory and compressor back and return True ("skip") or raise ("stop"). Returns
-        False for a step that counts (always, without ``nonfinite``: a bad gradient raised at once)."""
+        payload whose name sorts first; hierarchical: within the host, between leaders, back to the host),
+        then commit the memory, or roll the memory and compressor back and return True ("skip") or raise
+        ("stop"). Returns False for a step that counts (always, without ``nonfinite``: a bad gradient raised
+        at once)."""
         if self.nonfinite is None:
             return False
         if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
-            device = next(iter(self.routes.values())).param.device
-            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(torch.float32, device), "allreduce", 0),
+            flag = self.local.wait(self.local.start(Payload(self._flag_tensor(torch.float32), "allreduce", 0),
                                                     "dgc.nonfinite.local"))
             if self.communicator is not None:
                 flag = self.communicator.wait(self.communicator.start(Payload(flag, "allreduce", 0), "dgc.nonfinite"))
@@ -300,16 +300,17 @@ class Exchange:
                                      "'stop'); the memory holds the state before this step")
         return True
 
-    def _flag_tensor(self, dtype, device):
+    def _flag_tensor(self, dtype, device=None):
         """1 where this rank saw a non-finite gradient this step, else 0, as one element of ``dtype`` on
-        ``device`` (where the payloads are: NCCL moves only GPU tensors)."""
+        ``device`` (default: the parameters'; where the payloads are, as NCCL moves only GPU tensors)."""
+        if device is None:
+            device = next(iter(self.routes.values())).param.device
         return torch.tensor([1 if self._bad else 0], dtype=dtype, device=device)
 
     def _start_flag(self):
         """Start this rank's flag through the collective, dtype and device of the step's payload whose name
         sorts first (an average or a concatenation: either is nonzero where any rank's flag is)."""
-        first = next(iter(self.routes.values())).param.device
-        _, collective, dtype, device = self._kind or (None, "allreduce", torch.float32, first)
+        _, collective, dtype, device = self._kind or (None, "allreduce", torch.float32, None)
         flag = self._flag_tensor(dtype, device)
         self.stats["bytes_sent"] += flag.element_size()
         self.stats["control_bytes"] += flag.element_size()

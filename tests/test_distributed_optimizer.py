@@ -95,6 +95,9 @@ def test_naming_and_argument_errors():
         with pytest.raises(ValueError, match=r"hierarchical=.*expected True or a tuple"):
             dgc_hvd.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), named_parameters=net.named_parameters(),
                                          hierarchical=bad)
+    flat = dgc_hvd.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), named_parameters=net.named_parameters(),
+                                        hierarchical=(InProcessGroup(1).communicator(0), None))   # one rank per host
+    assert flat.exchange.local is None
     with pytest.raises(ValueError, match=r"communicator=None; expected a communicator"):
         Exchange(list(net.named_parameters()), None)
     opt = wrap(model())

@@ -176,9 +176,10 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
             raise ValueError("DistributedOptimizer: give either communicator or hierarchical, not both")
         if hierarchical is True:
             hierarchical = hierarchical_communicators()
-        if not (isinstance(hierarchical, tuple) and len(hierarchical) == 2 and hierarchical[1] is not None):
+        if not (isinstance(hierarchical, tuple) and len(hierarchical) == 2 and hierarchical != (None, None)):
             raise ValueError(f"DistributedOptimizer: hierarchical={hierarchical!r}; expected True or a tuple "
-                             "(leaders' communicator or None off the leaders, host's communicator)")
+                             "(leaders' communicator or None off the leaders, host's communicator or None with "
+                             "one rank per host)")
         communicator, local = hierarchical
     elif communicator is None:
         communicator = HorovodCommunicator()
