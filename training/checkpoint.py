@@ -8,9 +8,10 @@ momenta, compressor state; and its RNG states), then, after a barrier, rank 0 wr
 
 Every file ends with a SHA-256 of its contents, checked on load. The previous epoch's checkpoint is kept
 (``checkpoint.prev.pt`` and its rank files): when the newest is truncated or corrupt on any rank, every rank
-falls back to the previous one together, with a warning. Resuming with another number of workers
-redistributes the residuals: every new rank takes the old ranks' sum divided by the new count, so their sum
-(what is still owed to the model) is preserved.
+falls back to the previous one together, with a warning. Resuming with another number of workers (or
+other ranks keeping residuals) redistributes the exchange state (:func:`redistribute`): every new rank
+keeping residuals takes the old ranks' sum divided by their count, so their sum (what is still owed to the
+model) is preserved; the compressor state all compressing ranks share comes from one that compressed.
 """
 import hashlib
 import io
@@ -23,6 +24,7 @@ import warnings
 import numpy as np
 import torch
 
+from dgc.compressors.base import Compressor
 
 MAGIC = b"DGCSHA256"
 
@@ -99,7 +101,7 @@ def resume(main_ckpt, folder, rank, world, description, model, optimizer, schedu
             if config_key(state["config"]) != config_key(description):
                 raise ResumeError(f"{candidate.parent.parent} holds a checkpoint of a different config; pass "
                                   "--run-dir to start a new run there (nothing was changed)")
-            rank_state = _rank_state(folder, rank, world, state, leaders)
+            rank_state = _rank_state(folder, rank, world, state, leaders, getattr(exchange, "compressor", None))
             problem = None
         except CorruptCheckpoint as error:
             problem = str(error)
@@ -120,10 +122,10 @@ def resume(main_ckpt, folder, rank, world, description, model, optimizer, schedu
     return 0, []
 
 
-def _rank_state(folder, rank, world, state, leaders=None):
+def _rank_state(folder, rank, world, state, leaders=None, compressor=None):
     """This rank's exchange state and RNG state of the checkpoint ``state``: its own file when the number of
     workers and the ranks keeping residuals (``leaders``, None: all) are the checkpoint's; else
-    :func:`redistribute` over every old rank's file (and no RNG state)."""
+    :func:`redistribute` over every old rank's file (and no RNG state). ``compressor``: this rank's (fresh)."""
     old_world = state.get("world_size", world)
     if old_world == world and state.get("leaders") == leaders:
         return load(rank_file(folder, rank, state["epoch"]))
@@ -132,25 +134,52 @@ def _rank_state(folder, rank, world, state, leaders=None):
         warnings.warn(f"the checkpoint of epoch {state['epoch']} was written by {old_world} workers (residuals on "
                       f"ranks {state.get('leaders') or 'all'}), this run has {world} (residuals on ranks "
                       f"{leaders or 'all'}): residuals redistributed (their sum preserved), random streams restarted")
-    return {"exchange": redistribute(olds, rank, world, leaders), "rng": None}
+    return {"exchange": redistribute(olds, rank, world, leaders, state.get("leaders"), compressor), "rng": None}
 
 
-def redistribute(old_states, rank, world, leaders=None):
-    """Rank ``rank`` of ``world``'s exchange state from the old ranks' states: on the ranks that keep residuals
-    (``leaders``; None: all ``world``) every memory buffer is the old ranks' sum divided by their number, on
-    the others empty, so the sum of the residuals is preserved (with ``train.scale_lr_by_workers``, the
-    default, that is the update the weights are still owed; without it the owed update scales by the ratio
-    of old to new workers). The compressor state and counters are old rank ``rank % len(old_states)``'s."""
-    keepers = range(world) if leaders is None else leaders
+def redistribute(old_states, rank, world, leaders=None, old_leaders=None, compressor=None):
+    """Rank ``rank`` of ``world``'s exchange state from the old ranks' states ``old_states`` (one per old rank).
+
+    ``leaders`` / ``old_leaders``: the new / old ranks that keep residuals and compress (a hierarchical
+    exchange's host leaders; None: every rank). Memory: on the new leaders every buffer is the old ranks' sum
+    divided by their number, on the others empty, so the sum of the residuals is preserved (with
+    ``train.scale_lr_by_workers``, the default, that is the update the weights are still owed; without it the
+    owed update scales by the ratio of old to new workers).
+
+    Compressor state, split by ``compressor.shared_state`` (``compressor``: this rank's, still fresh; None:
+    the stateless base :class:`~dgc.compressors.base.Compressor`): only old ranks that compressed are sources
+    (the others' state is empty and would leave this rank out of step: random-k drawing other positions,
+    PowerSGD another warm start). A new leader gets the shared keys of the first old leader, so every new
+    leader holds the same; and the per-rank keys of old leader ``i % len(old_leaders)`` when it is the
+    ``i``-th new leader: an old compressing rank's own history (e.g. Signum's momentum of the gradients it
+    compressed) is a state some compressing rank really had, unlike a mix of several; taken in turn, the
+    old ranks' histories are all used while there are enough new leaders, and a rank keeps its own where the
+    leaders did not change. A new rank that does not compress gets ``compressor``'s own (never-compressed)
+    state, as it would have had. The other entries (skipped-step count, loss scale: alike on every rank)
+    are the first old leader's."""
+    compressor = Compressor() if compressor is None else compressor
+    keepers = list(range(world) if leaders is None else leaders)
+    sources = list(range(len(old_states)) if old_leaders is None else old_leaders)
     memory = {}
     for state in old_states:
-        for key, buffers in state["memory"].items():
+        for key, buffers in state.get("memory", {}).items():
             for name, tensor in buffers.items():
                 total = memory.setdefault(key, {}).get(name)
                 memory[key][name] = tensor.clone() if total is None else total.add_(tensor)
     for key, buffers in memory.items():
         memory[key] = {name: t.div_(len(keepers)) for name, t in buffers.items()} if rank in keepers else {}
-    return {**old_states[rank % len(old_states)], "memory": memory}
+    first = old_states[sources[0]]
+    new = dict(first)
+    if "memory" in first:
+        new["memory"] = memory
+    if "compressor" in first:
+        if rank in keepers:
+            own = old_states[sources[keepers.index(rank) % len(sources)]]["compressor"]
+            new["compressor"] = {key: (first["compressor"] if key in compressor.shared_state else own)[key]
+                                 for key in own}
+        else:
+            new["compressor"] = compressor.state_dict()
+    return new
 
 
 def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, scheduler, exchange, history,

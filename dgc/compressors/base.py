@@ -44,9 +44,17 @@ class Compressor:
 
     ``min_compress_numel``: the exchange routes a tensor to a compressor only if it has at least two
     dimensions and this many elements (see :func:`dgc.exchange.is_compressible`); others go dense. None
-    (this class): no tensor is routed here, all go the dense way, unchecked and without memory."""
+    (this class): no tensor is routed here, all go the dense way, unchecked and without memory.
+
+    ``shared_state``: the keys of :meth:`state_dict` whose values are the same on every rank that compresses
+    (they evolve only from what all ranks see alike: step counters, an averaged warm start); every other key
+    is per rank (its own history, e.g. a momentum of its own gradients). Default: none shared. A resume on
+    another topology (:func:`training.checkpoint.redistribute`) gives every compressing rank the shared
+    values of one rank that compressed, so the ranks go on alike, and per-rank values of the compressing
+    ranks in turn. A new compressor declares its shared keys here and touches no other file."""
 
     min_compress_numel = None
+    shared_state = ()
 
     def compress(self, tensor, name):
         """Return ``(payload, ctx)`` for ``tensor``, parameter ``name``'s compensated gradient in the

@@ -11,7 +11,10 @@ class PowerSGDCompressor(Compressor):
     orthogonalized (reduced QR, identical on every rank); round 2 allreduces Q = M^T P. This worker's
     ``sent`` is P Q_local^T, so error feedback keeps M - P Q_local^T, and the average of what the workers
     sent is P Q_avg^T, the result. Q starts from the same seeded normal matrix on every rank and is kept
-    (the averaged Q) as the next step's start; it is state, checkpointed."""
+    (the averaged Q) as the next step's start; it is state, checkpointed, equal on every compressing rank
+    (shared state)."""
+
+    shared_state = ("q",)
 
     def __init__(self, rank=2, seed=0, min_compress_numel=1024):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:

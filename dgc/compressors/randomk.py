@@ -9,7 +9,9 @@ from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction, ch
 class RandomKCompressor(Compressor):
     """Send ``compress_ratio`` of each tensor's values at shared random positions (unscaled: pair it with
     ResidualMemory for error feedback). The per-tensor step counters are state, checkpointed so a resumed
-    run draws the positions it would have drawn."""
+    run draws the positions it would have drawn; they are equal on every compressing rank (shared state)."""
+
+    shared_state = ("steps",)
 
     def __init__(self, compress_ratio=0.01, seed=0, min_compress_numel=1024):
         check_fraction("RandomKCompressor", "compress_ratio", compress_ratio,

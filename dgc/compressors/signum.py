@@ -12,6 +12,8 @@ class SignumCompressor(QuantizingCompressor):
     (state). Use no memory, a plain optimizer (momentum 0: the momentum is here) and a small learning rate:
     every compressed value moves by exactly lr or 0."""
 
+    shared_state = ()       # the momentum is per rank: each rank's own gradients
+
     def __init__(self, beta=0.9, min_compress_numel=1024):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
             raise ValueError(f"SignumCompressor: beta={beta!r} must be in [0, 1) (the momentum coefficient)")
