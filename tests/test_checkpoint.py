@@ -61,6 +61,7 @@ def test_redistribution_preserves_the_sum_of_residuals_and_shares_the_shared_com
                 assert torch.equal(n["compressor"]["momentum"]["w"], olds[rank % 2]["compressor"]["momentum"]["w"])
     assert torch.equal(olds[0]["memory"]["residuals"]["w"] + olds[1]["memory"]["residuals"]["w"], total), \
         "the old states were modified"
+    assert ckpt.redistribute([{}, {}], 2, 3) == {}      # the backends' own exchange (DenseStats) keeps no state
 
 
 def test_hierarchical_redistribution_gives_the_sum_and_the_compressor_state_to_the_new_leaders_only():
