@@ -39,7 +39,8 @@ def communicators(cfg, hierarchical):
     for rank in range(WORLD):
         host, local_rank = divmod(rank, PER_HOST)
         cross = leaders.communicator(host) if local_rank == 0 else None
-        routes.append({"hierarchical": (train.fused(cfg, cross), train.fused(cfg, hosts[host].communicator(local_rank)))})
+        local = hosts[host].communicator(local_rank)
+        routes.append({"hierarchical": (train.fused(cfg, cross), train.fused(cfg, local))})
     return routes
 
 
