@@ -174,20 +174,25 @@ class Exchange:
         with ``nonfinite`` set (flat exchange), the step's flag starts first, the way the step's payload whose
         name sorts first went, so a fused exchange carries it in a collective it makes anyway.
 
-        In phases, each starting all its payloads before it waits for any and ending with a flush: the host's
-        averages (hierarchical), the compressed rounds until none remain (a multi-round compressor's next
-        payloads start once the whole round is decoded), the broadcasts to the host (hierarchical). So every
-        rank of a host puts the same payloads into each fused collective: a leader still in PowerSGD's second
-        round never sends part of the broadcasts that its host's other ranks send at once."""
+        In phases, each flushing a batching communicator (:mod:`dgc.fused`) once all its payloads are started,
+        before any is awaited: the host's averages (hierarchical; the leader compresses each as it arrives,
+        starting the first round between the hosts), the compressed rounds until none remain (a multi-round
+        compressor's next payloads start as its round is decoded and leave together at the next round's
+        flush), the broadcasts to the host (hierarchical; started once every round is done). So every rank of
+        a host puts the same payloads into each fused collective: a leader still in PowerSGD's second round
+        never sends part of the broadcasts that its host's other ranks send at once."""
         if self.nonfinite is not None and self.local is None and self._flag is None and closes_step:
             self._flag = self._start_flag()
         if self.local is None:
             self._rounds(pending)
             return
         _flush(self.local)
-        averages = [(p, self.local.wait(p.handle)) for p in pending]
-        if self.communicator is not None:
-            self._rounds([self._compress(p.route, average.view(p.out.shape), p.out) for p, average in averages])
+        exchanges = []
+        for p in pending:
+            average = self.local.wait(p.handle)
+            if self.communicator is not None:      # the leader: compress each host average as it arrives
+                exchanges.append(self._compress(p.route, average.view(p.out.shape), p.out))
+        self._rounds(exchanges)
         broadcasts = [(p.out, self._broadcast(p.route, p.out)) for p in pending]
         _flush(self.local)
         for out, handle in broadcasts:
