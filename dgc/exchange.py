@@ -47,16 +47,14 @@ class _Route:
 
 @dataclass
 class Pending:
-    """An exchange in flight: the communicator's handle, the compressor's context, where the average goes,
-    on a measured step the handle of the dense reference average, and the stage: "local" (the host's dense
-    average, hierarchical only), "exchange" (the compressed exchange) or "broadcast" (the leader's average
-    to its host, hierarchical only)."""
+    """An exchange in flight: the communicator's handle (hierarchical, from :meth:`Exchange.start`: the host
+    communicator's, of the host's dense average), the compressor's context, where the average goes, and on a
+    measured step the handle of the dense reference average."""
     route: _Route
     handle: Any
     ctx: Any
     out: torch.Tensor
     reference: Optional[Any] = None
-    stage: str = "exchange"
 
 
 class Exchange:
@@ -152,7 +150,7 @@ class Exchange:
             flat = grad.reshape(-1)     # averaged in place where grad is contiguous
             self.stats["local_bytes"] += flat.numel() * flat.element_size()
             return Pending(route, self.local.start(Payload(flat, "allreduce", flat.numel()), f"{name}.local"),
-                           None, out, stage="local")
+                           None, out)
         return self._compress(route, grad, out)
 
     def _compress(self, route, grad, out):
@@ -171,21 +169,44 @@ class Exchange:
         return self._send(route, payload, ctx, out, reference)
 
     def finish(self, pending, closes_step=True):
-        """Wait for every exchange in ``pending`` (a list), decompress, write the averages; a multi-round
-        compressor's next payloads start as soon as each round's result is decoded. ``closes_step``: these
-        are the step's last exchanges (False for all but a DDP step's last bucket); then, with ``nonfinite``
-        set (flat exchange), the step's flag starts first, the way the step's payload whose name sorts
-        first went, so a fused exchange carries it in a collective it makes anyway."""
+        """Wait for every exchange in ``pending`` (a list, from :meth:`start`), decompress, write the averages.
+        ``closes_step``: these are the step's last exchanges (False for all but a DDP step's last bucket); then,
+        with ``nonfinite`` set (flat exchange), the step's flag starts first, the way the step's payload whose
+        name sorts first went, so a fused exchange carries it in a collective it makes anyway.
+
+        In phases, each flushing a batching communicator (:mod:`dgc.fused`) once all its payloads are started,
+        before any is awaited: the host's averages (hierarchical; the leader compresses each as it arrives,
+        starting the first round between the hosts), the compressed rounds until none remain (a multi-round
+        compressor's next payloads start as its round is decoded and leave together at the next round's
+        flush), the broadcasts to the host (hierarchical; started once every round is done). So every rank of
+        a host puts the same payloads into each fused collective: a leader still in PowerSGD's second round
+        never sends part of the broadcasts that its host's other ranks send at once."""
         if self.nonfinite is not None and self.local is None and self._flag is None and closes_step:
             self._flag = self._start_flag()
+        if self.local is None:
+            self._rounds(pending)
+            return
+        _flush(self.local)
+        exchanges = []
+        for p in pending:
+            average = self.local.wait(p.handle)
+            if self.communicator is not None:      # the leader: compress each host average as it arrives
+                exchanges.append(self._compress(p.route, average.view(p.out.shape), p.out))
+        self._rounds(exchanges)
+        broadcasts = [(p.out, self._broadcast(p.route, p.out)) for p in pending]
+        _flush(self.local)
+        for out, handle in broadcasts:
+            result = self.local.wait(handle)
+            if result.data_ptr() != out.data_ptr():
+                out.copy_(result.reshape(out.shape))
+
+    def _rounds(self, pending):
+        """The compressed exchange of ``pending`` (between the hosts' leaders, hierarchical): round after
+        round until every compressor has decoded its average into its ``out``."""
         while pending:
+            _flush(self.communicator)
             next_round = []
             for p in pending:
-                if p.stage != "exchange":
-                    following = self._finish_local(p)
-                    if following is not None:
-                        next_round.append(following)
-                    continue
                 result = self.communicator.wait(p.handle)
                 started = time.perf_counter()
                 buffer = p.out.view(-1) if p.out.is_contiguous() else None
@@ -201,29 +222,13 @@ class Exchange:
                     p.out.copy_(decoded.reshape(p.out.shape))
                 if p.reference is not None:
                     self._measure(p.out, self.communicator.wait(p.reference))
-                if self.local is not None:
-                    next_round.append(self._broadcast(p.route, p.out))
             pending = next_round
 
-    def _finish_local(self, p):
-        """Hierarchical stages: after the host's average, the leader starts the compressed exchange and the
-        other ranks the receipt of their leader's broadcast; after the broadcast, the average is in place."""
-        result = self.local.wait(p.handle)
-        if p.stage == "broadcast":
-            if result.data_ptr() != p.out.data_ptr():
-                p.out.copy_(result.reshape(p.out.shape))
-            return None
-        host_average = result.view(p.out.shape)
-        if self.communicator is not None:
-            return self._compress(p.route, host_average, p.out)
-        return self._broadcast(p.route, p.out)
-
     def _broadcast(self, route, out):
-        """Start the leader's average (in ``out``) to the other ranks of its host."""
+        """Start the leader's average (in ``out``) to the other ranks of its host; return the handle."""
         flat = out.reshape(-1) if out.is_contiguous() else out.contiguous().view(-1)
         self.stats["local_bytes"] += flat.numel() * flat.element_size()
-        return Pending(route, self.local.start(Payload(flat, "broadcast", flat.numel()), f"{route.name}.host"),
-                       None, out, stage="broadcast")
+        return self.local.start(Payload(flat, "broadcast", flat.numel()), f"{route.name}.host")
 
     def _reference(self, route, compensated):
         """On a measured step, start the dense fp32 average of a compressed tensor's ``compensated``
@@ -444,6 +449,14 @@ def _powersgd_values(p, rank, min_rate):
     n, m = p.shape[0], p.numel() // p.shape[0]
     rank = min(n, m, rank)
     return (n + m) * rank if n * m > min_rate * (n + m) * rank else n * m
+
+
+def _flush(communicator):
+    """End a phase of :meth:`Exchange.finish`: a communicator that holds payloads back to batch them
+    (:class:`dgc.fused.FusedCommunicator`'s ``flush``) sends them now; others have started theirs already."""
+    flush = getattr(communicator, "flush", None)
+    if flush is not None:
+        flush()
 
 
 def _check_gradient(flat, name, raise_nonfinite=True):

@@ -1,6 +1,9 @@
 """Fused exchange: every payload started before the next ``wait`` travels in one collective per
 (collective, dtype): one packed allgather for all compressed tensors of a step, one allreduce for all dense
-ones. A communicator wrapper, so every backend and compressor gets it unchanged.
+ones. A communicator wrapper, so every backend and compressor gets it unchanged. The exchange calls
+:meth:`FusedCommunicator.flush` at the end of each phase of :meth:`dgc.exchange.Exchange.finish` (host
+averages, each compressed round, broadcasts to the host), so a fused collective never mixes phases and
+every rank puts the same payloads into it.
 
 It trades the overlap of communication with the backward pass (nothing leaves before the first ``wait``)
 for far fewer collectives: on a slow or high-latency link each collective costs a round trip, and

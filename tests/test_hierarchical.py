@@ -14,6 +14,9 @@ from dgc.memory import ResidualMemory
 
 HOSTS, PER_HOST = 2, 2
 SHAPES = {"conv": (32, 8, 3, 3), "fc": (40, 64), "bias": (40,)}
+BACKWARD = list(reversed(SHAPES))
+"""The order a real backward pass hands the gradients over (the last layer's bias first): a dense single-round
+tensor reaches its broadcast while a multi-round compressor's are still between the hosts."""
 
 
 def named():
@@ -27,8 +30,8 @@ def gradients(rank, step):
 
 def run_hierarchical(make_compressor, steps, fused=False):
     """Every rank's averages per step, its exchange's statistics and memory, over 2 hosts x 2 ranks."""
-    world, leaders = InProcessGroup(HOSTS * PER_HOST), InProcessGroup(HOSTS)
-    hosts = [InProcessGroup(PER_HOST) for _ in range(HOSTS)]
+    world, leaders = InProcessGroup(HOSTS * PER_HOST), InProcessGroup(HOSTS, timeout=20.0)
+    hosts = [InProcessGroup(PER_HOST, timeout=20.0) for _ in range(HOSTS)]
 
     def worker(comm):
         host, local_rank = divmod(comm.rank, PER_HOST)
@@ -40,7 +43,7 @@ def run_hierarchical(make_compressor, steps, fused=False):
         averages, stats = [], []
         for step in range(steps):
             grads = gradients(comm.rank, step)
-            ex.finish([ex.start(n, g) for n, g in grads.items()])
+            ex.finish([ex.start(n, grads[n]) for n in BACKWARD])
             averages.append(grads)
             stats.append(ex.collect())
         return averages, stats, ex.memory
@@ -56,7 +59,7 @@ def run_flat_over_host_averages(make_compressor, steps):
         for step in range(steps):
             local = [gradients(comm.rank * PER_HOST + r, step) for r in range(PER_HOST)]
             grads = {n: sum((g[n] for g in local[1:]), local[0][n].clone()).div_(PER_HOST) for n in SHAPES}
-            ex.finish([ex.start(n, g) for n, g in grads.items()])
+            ex.finish([ex.start(n, grads[n]) for n in BACKWARD])
             averages.append(grads)
         return averages, ex.memory
     return InProcessGroup(HOSTS).run(worker)

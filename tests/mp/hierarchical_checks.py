@@ -4,6 +4,8 @@ over real Horovod process sets.
 1. Dense (no compressor): the same weights as hvd.DistributedOptimizer after 10 steps.
 2. DGC 0.01 with momentum correction, plain and fused: every replica identical, the fused run equal to the
    plain one, residuals only on the hosts' leaders, bytes between hosts only from the leaders.
+3. The multi-round compressors (configs/compression/powersgd.py, threshold.py, loaded as train.py loads them)
+   fused, on DigitsNet (BatchNorm) with a real backward: every rank finishes, every replica identical.
 """
 import horovod.torch as hvd
 import torch
@@ -13,6 +15,10 @@ from dgc.compressors.base import Compressor
 from dgc.compression import DGCCompressor
 from dgc.fused import FusedCommunicator
 from dgc.memory import DGCSGDMemory
+from train import ROOT, exchange_options, scaled_optimizer
+from training.config import load_configs
+
+CONFIGS = ROOT / "configs"
 
 hvd.init(process_sets="dynamic")
 RANK, SIZE = hvd.rank(), hvd.size()
@@ -74,9 +80,30 @@ def check_dgc(fused):
     return weights
 
 
+def check_config(name, steps=3):
+    cfg = load_configs([CONFIGS / "digits" / "digitsnet.py", CONFIGS / "compression" / name], root=CONFIGS)
+    torch.manual_seed(0)
+    net = cfg.model()
+    opt = dgc_hvd.DistributedOptimizer(scaled_optimizer(cfg, net, SIZE), named_parameters=net.named_parameters(),
+                                       hierarchical=(LEADERS and FusedCommunicator(LEADERS), FusedCommunicator(LOCAL)),
+                                       **exchange_options(cfg))
+    gen = torch.Generator().manual_seed(RANK)
+    for _ in range(steps):
+        x, y = torch.randn(8, 1, 8, 8, generator=gen), torch.randint(10, (8,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    replicas = hvd.allgather(weights.unsqueeze(0), name=f"replicas.{name}")
+    assert all(torch.equal(replicas[0], r) for r in replicas), f"{name}: replicas differ"
+    assert opt.skipped_steps == 0 and opt.last_exchange["local_bytes"] > 0, (name, opt.last_exchange)
+
+
 check_dense()
 plain = check_dgc(fused=False)
 assert torch.equal(check_dgc(fused=True), plain), "fused hierarchical run differs from the plain one"
+for config in ("powersgd.py", "threshold.py"):
+    check_config(config)
 hvd.barrier()
 if RANK == 0:
     print("hierarchical checks passed", flush=True)
