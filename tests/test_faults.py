@@ -1,11 +1,13 @@
 """Non-finite gradients with N logical workers in one process: a step in which any rank has NaN/Inf is skipped
 on every rank as if its batch had been left out (memory and compressor state rolled back, bit for bit), or
-stops every rank; the memory's transactions themselves."""
+stops every rank; the memory's transactions themselves; a commit that leaves unused parameters as they were;
+the cost of the step's snapshot."""
 import pytest
 import torch
 
 from dgc.compressors.dgc import DGCCompressor
 from dgc.compressors.powersgd import PowerSGDCompressor
+from dgc.compressors.randomk import RandomKCompressor
 from dgc.compressors.signum import SignumCompressor
 from dgc.compressors.topk import TopKCompressor
 from dgc.exchange import Exchange
@@ -52,6 +54,7 @@ MAKERS = {
     "topk+residual": lambda: (TopKCompressor(0.05, min_compress_numel=100), ResidualMemory()),
     "powersgd": lambda: (PowerSGDCompressor(rank=2, min_compress_numel=100), ResidualMemory()),
     "signum": lambda: (SignumCompressor(min_compress_numel=100), Memory()),
+    "randomk": lambda: (RandomKCompressor(0.05, min_compress_numel=100), ResidualMemory()),
 }
 
 
@@ -204,3 +207,71 @@ def test_ranks_whose_gradients_arrive_in_different_orders_agree_on_the_flag(fuse
             skipped.append(ex.end_step())
         return skipped
     assert InProcessGroup(RANKS, timeout=10).run(worker) == [[False, True, False]] * RANKS
+
+
+@pytest.mark.parametrize("make", MAKERS.values(), ids=MAKERS.keys())
+def test_a_commit_leaves_the_unused_parameters_state_as_at_the_steps_start(make):
+    """``commit(unused=...)`` (the DDP hook's, for parameters whose grad stayed None): the memory and compressor
+    entries of "fc" are those before the step, bit for bit; those of "conv" are those of a full commit."""
+    def worker(comm, unused):
+        ex = Exchange(named(), comm, *make(), nonfinite="skip")
+        states = []
+        for step in range(3):
+            ex.finish([ex.start(n, t) for n, t in grads(comm.rank, step).items()])
+            assert ex.end_step(commit=False) is False
+            ex.commit(unused=unused if step == 2 else ())
+            states.append((_cloned(ex.memory.state_dict()), _cloned(ex.compressor.state_dict())))
+        return states
+    partial = InProcessGroup(RANKS).run(lambda comm: worker(comm, ["fc"]))
+    full = InProcessGroup(RANKS).run(lambda comm: worker(comm, []))
+    for rank in range(RANKS):
+        for got, before, after in zip(partial[rank][2], partial[rank][1], full[rank][2]):
+            assert_same_state(_entries(got, "fc"), _entries(before, "fc"))
+            assert_same_state(_entries(got, "conv"), _entries(after, "conv"))
+        changed = [(a, b) for a, b in zip(_entries(full[rank][2][0], "fc") + _entries(full[rank][2][1], "fc"),
+                                          _entries(full[rank][1][0], "fc") + _entries(full[rank][1][1], "fc"))]
+        assert changed and not all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in changed)
+
+
+def _cloned(state):
+    return {k: _cloned(v) for k, v in state.items()} if isinstance(state, dict) else (
+        state.clone() if isinstance(state, torch.Tensor) else state)
+
+
+def _entries(state, name):
+    """The values keyed by ``name`` anywhere in a nested state dict, in order."""
+    found = []
+    for key, value in state.items():
+        if key == name:
+            found.append(value)
+        elif isinstance(value, dict):
+            found.extend(_entries(value, name))
+    return found
+
+
+def test_the_steps_snapshot_copies_no_model_size_state():
+    """The rollback snapshot of a stateful compressor costs no copy of its state: with Signum (a momentum
+    as large as the compressed tensors) a transactional step copies (aten copy_/clone/_to_copy) less than a
+    tenth of the momentum's bytes more than the same step without transactions."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    copies = {torch.ops.aten.copy_.default, torch.ops.aten.clone.default, torch.ops.aten._to_copy.default}
+
+    class CopiedBytes(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in copies:
+                self.count += out.numel() * out.element_size()
+            return out
+
+    def copied(nonfinite):
+        ex = Exchange(named(), InProcessGroup(1).communicator(0), SignumCompressor(min_compress_numel=100), Memory(),
+                      nonfinite=nonfinite)
+        for step in range(3):
+            with CopiedBytes() as mode:
+                ex.finish([ex.start(n, t) for n, t in grads(0, step).items()])
+                ex.end_step()
+        return mode.count
+    momentum_bytes = sum(torch.Size(SHAPES[n]).numel() * 4 for n in ("conv", "fc"))
+    assert copied("skip") - copied(None) < momentum_bytes / 10
