@@ -8,7 +8,8 @@
 4. state_dict / load_state_dict carries the residuals.
 5. Gradient accumulation (two backward passes per step, with and without ``no_sync()``) and a branch that no
    rank uses on some steps (``find_unused_parameters=True``; also one used only in a step's second pass): at
-   ratio 1.0 with masking off the same weights as plain DDP + torch SGD.
+   ratio 1.0 with masking off the same weights as plain DDP + torch SGD; optimizer.step() in place of
+   state.step(optimizer) is refused before it changes anything.
 """
 import contextlib
 import copy
@@ -162,10 +163,29 @@ def check_accumulation_and_unused(passes, no_sync, branch_on):
                 state.step(opt)
         return net
     ref, net = run(False), run(True)
+
     for (name, a), b in zip(ref.module.named_parameters(), net.module.parameters()):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), (passes, no_sync, name, (a - b).abs().max().item())
 
 
+def check_a_direct_optimizer_step_is_refused():
+    """optimizer.step() instead of state.step(optimizer) would leave the step's exchange open (uncommitted)."""
+    net, opt, state = hooked(DGCCompressor(0.5, min_compress_numel=1000), DGCSGDMemory())
+    x, y = batches(1)[0]
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    before = [p.detach().clone() for p in net.parameters()]
+    try:
+        opt.step()
+    except RuntimeError as error:
+        assert "call state.step(optimizer)" in str(error), error
+    else:
+        raise AssertionError("optimizer.step() after a backward through the hook was accepted")
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    state.step(opt)
+    assert not all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+check_a_direct_optimizer_step_is_refused()
 check_accumulation_and_unused(2, no_sync=True, branch_on=lambda step, i: True)
 check_accumulation_and_unused(2, no_sync=False, branch_on=lambda step, i: True)
 check_accumulation_and_unused(1, no_sync=False, branch_on=lambda step, i: step % 3 == 0)
