@@ -467,7 +467,7 @@ def _containers_copied(state):
     the step's snapshot at no model-size copy (compressors replace their state tensors, never change them)."""
     if isinstance(state, dict):
         return {key: _containers_copied(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
+    if type(state) in (list, tuple):
         return type(state)(_containers_copied(value) for value in state)
     return state
 

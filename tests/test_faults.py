@@ -2,6 +2,8 @@
 on every rank as if its batch had been left out (memory and compressor state rolled back, bit for bit), or
 stops every rank; the memory's transactions themselves; a commit that leaves unused parameters as they were;
 the cost of the step's snapshot."""
+import pathlib
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from dgc.exchange import Exchange
 from dgc.fused import FusedCommunicator
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, Memory, ResidualMemory
+from training.config import load_configs
 
 SHAPES = {"conv": (16, 8, 3, 3), "fc": (30, 64), "bias": (30,)}
 RANKS = 3
@@ -251,17 +254,20 @@ def _entries(state, name):
 
 def test_the_steps_snapshot_copies_no_model_size_state():
     """The rollback snapshot of a stateful compressor costs no copy of its state: with Signum (a momentum
-    as large as the compressed tensors) a transactional step copies (aten copy_/clone/_to_copy) less than a
-    tenth of the momentum's bytes more than the same step without transactions."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    copies = {torch.ops.aten.copy_.default, torch.ops.aten.clone.default, torch.ops.aten._to_copy.default}
+    as large as the compressed tensors) a transactional step copies (clone, copy_, deepcopy, to, contiguous:
+    the bytes of each copy made, seen by a TorchFunctionMode) less than a tenth of the momentum's bytes more
+    than the same step without transactions."""
+    from torch.overrides import TorchFunctionMode
 
-    class CopiedBytes(TorchDispatchMode):
+    class CopiedBytes(TorchFunctionMode):
         count = 0
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func in copies:
+            name = getattr(func, "__name__", "")
+            if isinstance(out, torch.Tensor) and (name == "copy_" or name in ("clone", "__deepcopy__", "to",
+                                                                              "contiguous")
+                                                  and out.data_ptr() != args[0].data_ptr()):
                 self.count += out.numel() * out.element_size()
             return out
 
@@ -275,3 +281,28 @@ def test_the_steps_snapshot_copies_no_model_size_state():
         return mode.count
     momentum_bytes = sum(torch.Size(SHAPES[n]).numel() * 4 for n in ("conv", "fc"))
     assert copied("skip") - copied(None) < momentum_bytes / 10
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "compression").glob("*.py")
+                                          if p.name != "__init__.py"))
+def test_no_compressor_changes_its_state_in_place(config):
+    """The step's snapshot shares the compressor's state tensors, so every compressor of configs/compression/
+    must replace them, never change one in place (a skipped step would keep the change): the state_dict
+    taken after a step still holds the same values after two more."""
+    cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
+
+    def worker(comm):
+        ex = Exchange(named(), comm, cfg.train.compression(), Memory(), nonfinite="skip")
+        for step in range(3):
+            ex.finish([ex.start(n, t) for n, t in grads(comm.rank, step).items()])
+            ex.end_step()
+            if step == 0:
+                shared = ex.compressor.state_dict()
+                kept = _cloned(shared)
+        assert_same_state(shared, kept)
+    if cfg.train.compression is None:
+        pytest.skip("no compressor")
+    InProcessGroup(RANKS).run(worker)
