@@ -55,7 +55,8 @@ class DGCHook:
         for name, route in self.exchange.routes.items():
             if route.compressed:
                 route.param.register_hook(lambda grad, name=name: self._accumulate(name, grad))
-        optimizer.register_step_pre_hook(self._refuse_plain_step)
+        if optimizer is not None:
+            optimizer.register_step_pre_hook(self._refuse_plain_step)
 
     @property
     def last_exchange(self):
