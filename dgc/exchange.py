@@ -15,7 +15,6 @@ base :class:`~dgc.compressors.Compressor` (or a given dense compressor, e.g. fp1
 (the Horovod ``DistributedOptimizer``, a DDP hook, the in-process communicator) only decide *when* to call
 :meth:`Exchange.start` and :meth:`Exchange.finish`.
 """
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -73,12 +72,15 @@ class Exchange:
     joins the hosts' leaders (local rank 0) and is None on the other ranks. Every host must have as many ranks.
     ``nonfinite``: None raises FloatingPointError at once where a compressed tensor's gradient has NaN/Inf
     (before it can enter a residual; hierarchical: on the host's leader, after the host's average; dense
-    tensors are not checked, as with plain Horovod). "skip" or
+    tensors are not checked, as with plain Horovod): for single-process use only, since the other ranks would
+    wait in their collectives (the distributed optimizer and the DDP hook refuse it). "skip" or
     "stop" make steps transactions: a bad gradient is replaced by zeros, the step is finished alike on every
     rank, and :meth:`end_step` (once per step, on every rank) agrees over all ranks whether any had one;
-    then every rank rolls back its memory (double-buffered: no copy) and compressor state (a stateful
-    compressor's state is copied at each step's start) ("skip": the step never happened, its
-    average must not be applied; counted in ``skipped_steps``) or raises FloatingPointError ("stop").
+    then every rank rolls back its memory (double-buffered: no copy) and compressor state (its state_dict,
+    taken at the step's start: a shallow snapshot, as compressors replace their state tensors rather than
+    change them in place) ("skip": the step never happened, its average must not be applied; counted in
+    ``skipped_steps``) or raises FloatingPointError ("stop"). A step that counts is committed by
+    :meth:`end_step`, or left open for the caller's :meth:`commit` (``end_step(commit=False)``).
     ``loss_scale``: a :class:`dgc.amp.LossScale` the loss was multiplied by (fp16 autocast): gradients are
     divided by it before anything else (an overflow is still seen, and skipped), and it is updated with
     every step's skip decision and checkpointed here; needs ``nonfinite``.
@@ -145,7 +147,7 @@ class Exchange:
         :meth:`finish`)."""
         route, out = self.routes[name], grad if out is None else out
         if self.nonfinite is not None and self._snapshot is None:
-            self._snapshot = copy.deepcopy(self.compressor.state_dict())
+            self._snapshot = _containers_copied(self.compressor.state_dict())
         if self.local is not None:
             flat = grad.reshape(-1)     # averaged in place where grad is contiguous
             self.stats["local_bytes"] += flat.numel() * flat.element_size()
@@ -272,13 +274,13 @@ class Exchange:
             self._kind = (route.name, payload.collective, payload.tensor.dtype, payload.tensor.device)
         return Pending(route, self.communicator.start(payload, route.name), ctx, out, reference)
 
-    def end_step(self):
-        """Close a step's transaction (``nonfinite`` set; call on every rank after :meth:`finish`): agree
+    def end_step(self, commit=True):
+        """Close a step's exchange (``nonfinite`` set; call on every rank after :meth:`finish`): agree
         over all ranks whether any gradient was non-finite (one tiny collective, of the kind of the step's
         payload whose name sorts first; hierarchical: within the host, between leaders, back to the host),
-        then commit the memory, or roll the memory and compressor back and return True ("skip") or raise
-        ("stop"). Returns False for a step that counts (always, without ``nonfinite``: a bad gradient raised
-        at once)."""
+        then :meth:`commit` (unless ``commit`` is False: the caller commits, or rolls back to redo the step's
+        exchange), or roll the memory and compressor back and return True ("skip") or raise ("stop").
+        Returns False for a step that counts (always, without ``nonfinite``: a bad gradient raised at once)."""
         if self.nonfinite is None:
             return False
         if self.local is not None:     # the leaders' flags are known only after finish: three tiny rounds
@@ -289,21 +291,35 @@ class Exchange:
             flag = self.local.wait(self.local.start(Payload(flag, "broadcast", 0), "dgc.nonfinite.host"))
         else:
             flag = self.communicator.wait(self._flag if self._flag is not None else self._start_flag())
-        bad, snapshot = self._bad, self._snapshot
-        self._bad, self._snapshot, self._flag, self._kind = [], None, None, None
-        skipped = bool(flag.reshape(-1).ne(0).any())
-        if self.loss_scale is not None:
-            self.loss_scale.update(skipped)
-        if not skipped:
-            self.memory.commit()
+        bad = self._bad
+        self._bad, self._flag, self._kind = [], None, None
+        if not bool(flag.reshape(-1).ne(0).any()):
+            if commit:
+                self.commit()
             return False
-        self.rollback(snapshot)
+        self.rollback()
         self.skipped_steps += 1
+        if self.loss_scale is not None:
+            self.loss_scale.update(True)
         if self.nonfinite == "stop":
             mine = f"on this rank in {bad[:5]}" if bad else "on another rank"
             raise FloatingPointError(f"non-finite gradient (nan or inf) {mine}; every rank stopped (nonfinite="
                                      "'stop'); the memory holds the state before this step")
         return True
+
+    def commit(self, unused=()):
+        """Make the step's changes to the memory and compressor state stand (``nonfinite`` set), except for the
+        parameters named in ``unused``, which go back to the step's start: they got no gradient this step (a
+        branch no rank used), and torch's optimizers leave a parameter whose grad is None as it was."""
+        if unused:
+            unused = set(unused)
+            self.memory.rollback(unused)
+            if self._snapshot is not None:
+                self.compressor.load_state_dict(_names_restored(self.compressor.state_dict(), self._snapshot, unused))
+        self.memory.commit()
+        self._snapshot = None
+        if self.loss_scale is not None:
+            self.loss_scale.update(False)
 
     def _flag_tensor(self, dtype, device=None):
         """1 where this rank saw a non-finite gradient this step, else 0, as one element of ``dtype`` on
@@ -322,15 +338,15 @@ class Exchange:
         self.stats["collectives"] += 1
         return self.communicator.start(Payload(flag, collective, 0), "dgc.nonfinite")
 
-    def rollback(self, snapshot=None):
-        """Drop the current step's changes to the memory and (given its ``snapshot``) the compressor."""
+    def rollback(self):
+        """Drop the current step's changes to the memory and the compressor (back to the step's start: its
+        exchanges must be finished); the step's flag, if started, is waited for and dropped."""
         self.memory.rollback()
-        if snapshot is None:
-            if self._flag is not None:
-                self.communicator.wait(self._flag)
-            snapshot, self._snapshot, self._bad, self._flag, self._kind = self._snapshot, None, [], None, None
-        if snapshot is not None:
-            self.compressor.load_state_dict(snapshot)
+        if self._flag is not None:
+            self.communicator.wait(self._flag)
+        if self._snapshot is not None:
+            self.compressor.load_state_dict(self._snapshot)
+        self._snapshot, self._bad, self._flag, self._kind = None, [], None, None
 
     def follow_optimizer(self):
         """Make a momentum-correcting memory use the optimizer's momentum and Nesterov setting (§3.2); refuse
@@ -457,6 +473,30 @@ def _flush(communicator):
     flush = getattr(communicator, "flush", None)
     if flush is not None:
         flush()
+
+
+def _containers_copied(state):
+    """``state`` with its dicts and lists copied and everything else shared: a compressor's state_dict, kept as
+    the step's snapshot at no model-size copy (compressors replace their state tensors, never change them)."""
+    if isinstance(state, dict):
+        return {key: _containers_copied(value) for key, value in state.items()}
+    if type(state) in (list, tuple):
+        return type(state)(_containers_copied(value) for value in state)
+    return state
+
+
+def _names_restored(state, snapshot, names):
+    """``state`` (a compressor's state_dict) with the entries of ``names`` put back as in ``snapshot`` (or
+    dropped where the snapshot has none) in every dict that holds no dict: the per-tensor ones (e.g.
+    ``{"q": {"fc.weight": Q}}``'s inner dict)."""
+    if not isinstance(state, dict):
+        return state
+    before = snapshot if isinstance(snapshot, dict) else {}
+    if not any(isinstance(v, dict) for v in state.values()):
+        restored = {key: value for key, value in state.items() if key not in names}
+        restored.update((name, before[name]) for name in names if name in before)
+        return restored
+    return {key: _names_restored(value, before.get(key), names) for key, value in state.items()}
 
 
 def _check_gradient(flat, name, raise_nonfinite=True):

@@ -8,8 +8,9 @@ says what was sent, ``update(name, sent)`` keeps ``residual = compensated - sent
 a dense subtraction for quantizers. So after every step, sent + residual == everything accumulated.
 
 Transactions (set ``transactional``): compensate and update then write a staging copy of the state, which
-``commit()`` makes current and ``rollback()`` drops, so a step skipped on every rank (a non-finite gradient
-anywhere) leaves the memory exactly as it was, at no extra pass over the state (double buffering).
+``commit()`` makes current and ``rollback()`` drops (all, or by name), so a step skipped on every rank (a
+non-finite gradient anywhere) leaves the memory exactly as it was, at no extra pass over the state (double
+buffering).
 """
 import torch
 
@@ -43,8 +44,9 @@ class Memory:
     def commit(self):
         """Make this step's changes the state (transactional memories)."""
 
-    def rollback(self):
-        """Forget this step's changes (transactional memories)."""
+    def rollback(self, names=None):
+        """Forget this step's changes (transactional memories): all, or those of the tensors in ``names``
+        (the others then wait for :meth:`commit`)."""
 
     def state_dict(self):
         return {}
@@ -99,8 +101,11 @@ class _BufferMemory(Memory):
                 self.buffers[key][name], self._staged[key][name] = self._staged[key][name], self.buffers[key][name]
         self._touched.clear()
 
-    def rollback(self):
-        self._touched.clear()
+    def rollback(self, names=None):
+        if names is None:
+            self._touched.clear()
+        else:
+            self._touched.difference_update(names)
 
     def state_dict(self):
         return {key: dict(bufs) for key, bufs in self.buffers.items()}

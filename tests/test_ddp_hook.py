@@ -1,5 +1,6 @@
 """The compressors through DDP's communication hook under real torchrun processes (Gloo): equivalence with
-DDP + torch SGD at ratio 1.0, conservation, identical replicas, skipped non-finite steps, state_dict."""
+DDP + torch SGD at ratio 1.0 (also with gradient accumulation and unused branches), conservation, identical
+replicas, skipped non-finite steps, state_dict; the hook's refusals."""
 import pytest
 
 from conftest import torchrun
@@ -41,3 +42,15 @@ def test_powersgd_byte_estimate_follows_the_hooks_own_rule():
         n, m = shape[0], p.numel() // shape[0]
         expected = p.numel() if p.dim() < 2 or not _should_compress(n, m, 4, 2)[0] else (n + m) * 4
         assert DenseStats([("w", p)], powersgd=state).last_exchange["values_sent"] == expected, shape
+
+
+def test_the_hook_refuses_nonfinite_none():
+    """None would raise on the rank with the bad gradient inside the hook while the others wait."""
+    import torch
+
+    from dgc.inprocess import InProcessGroup
+    from dgc.torch import DGCHook
+    net = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="nonfinite=None; use 'skip' or 'stop'"):
+        DGCHook(net, torch.optim.SGD(net.parameters(), lr=0.1), communicator=InProcessGroup(1).communicator(0),
+                nonfinite=None)

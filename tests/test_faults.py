@@ -1,17 +1,22 @@
 """Non-finite gradients with N logical workers in one process: a step in which any rank has NaN/Inf is skipped
 on every rank as if its batch had been left out (memory and compressor state rolled back, bit for bit), or
-stops every rank; the memory's transactions themselves."""
+stops every rank; the memory's transactions themselves; a commit that leaves unused parameters as they were;
+the cost of the step's snapshot."""
+import pathlib
+
 import pytest
 import torch
 
 from dgc.compressors.dgc import DGCCompressor
 from dgc.compressors.powersgd import PowerSGDCompressor
+from dgc.compressors.randomk import RandomKCompressor
 from dgc.compressors.signum import SignumCompressor
 from dgc.compressors.topk import TopKCompressor
 from dgc.exchange import Exchange
 from dgc.fused import FusedCommunicator
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, Memory, ResidualMemory
+from training.config import load_configs
 
 SHAPES = {"conv": (16, 8, 3, 3), "fc": (30, 64), "bias": (30,)}
 RANKS = 3
@@ -52,6 +57,7 @@ MAKERS = {
     "topk+residual": lambda: (TopKCompressor(0.05, min_compress_numel=100), ResidualMemory()),
     "powersgd": lambda: (PowerSGDCompressor(rank=2, min_compress_numel=100), ResidualMemory()),
     "signum": lambda: (SignumCompressor(min_compress_numel=100), Memory()),
+    "randomk": lambda: (RandomKCompressor(0.05, min_compress_numel=100), ResidualMemory()),
 }
 
 
@@ -204,3 +210,99 @@ def test_ranks_whose_gradients_arrive_in_different_orders_agree_on_the_flag(fuse
             skipped.append(ex.end_step())
         return skipped
     assert InProcessGroup(RANKS, timeout=10).run(worker) == [[False, True, False]] * RANKS
+
+
+@pytest.mark.parametrize("make", MAKERS.values(), ids=MAKERS.keys())
+def test_a_commit_leaves_the_unused_parameters_state_as_at_the_steps_start(make):
+    """``commit(unused=...)`` (the DDP hook's, for parameters whose grad stayed None): the memory and compressor
+    entries of "fc" are those before the step, bit for bit; those of "conv" are those of a full commit."""
+    def worker(comm, unused):
+        ex = Exchange(named(), comm, *make(), nonfinite="skip")
+        states = []
+        for step in range(3):
+            ex.finish([ex.start(n, t) for n, t in grads(comm.rank, step).items()])
+            assert ex.end_step(commit=False) is False
+            ex.commit(unused=unused if step == 2 else ())
+            states.append((_cloned(ex.memory.state_dict()), _cloned(ex.compressor.state_dict())))
+        return states
+    partial = InProcessGroup(RANKS).run(lambda comm: worker(comm, ["fc"]))
+    full = InProcessGroup(RANKS).run(lambda comm: worker(comm, []))
+    for rank in range(RANKS):
+        for got, before, after in zip(partial[rank][2], partial[rank][1], full[rank][2]):
+            assert_same_state(_entries(got, "fc"), _entries(before, "fc"))
+            assert_same_state(_entries(got, "conv"), _entries(after, "conv"))
+        changed = [(a, b) for a, b in zip(_entries(full[rank][2][0], "fc") + _entries(full[rank][2][1], "fc"),
+                                          _entries(full[rank][1][0], "fc") + _entries(full[rank][1][1], "fc"))]
+        assert changed and not all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in changed)
+
+
+def _cloned(state):
+    return {k: _cloned(v) for k, v in state.items()} if isinstance(state, dict) else (
+        state.clone() if isinstance(state, torch.Tensor) else state)
+
+
+def _entries(state, name):
+    """The values keyed by ``name`` anywhere in a nested state dict, in order."""
+    found = []
+    for key, value in state.items():
+        if key == name:
+            found.append(value)
+        elif isinstance(value, dict):
+            found.extend(_entries(value, name))
+    return found
+
+
+def test_the_steps_snapshot_copies_no_model_size_state():
+    """The rollback snapshot of a stateful compressor costs no copy of its state: with Signum (a momentum
+    as large as the compressed tensors) a transactional step copies (clone, copy_, deepcopy, to, contiguous:
+    the bytes of each copy made, seen by a TorchFunctionMode) less than a tenth of the momentum's bytes more
+    than the same step without transactions."""
+    from torch.overrides import TorchFunctionMode
+
+    class CopiedBytes(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            if isinstance(out, torch.Tensor) and (name == "copy_" or name in ("clone", "__deepcopy__", "to",
+                                                                              "contiguous")
+                                                  and out.data_ptr() != args[0].data_ptr()):
+                self.count += out.numel() * out.element_size()
+            return out
+
+    def copied(nonfinite):
+        ex = Exchange(named(), InProcessGroup(1).communicator(0), SignumCompressor(min_compress_numel=100), Memory(),
+                      nonfinite=nonfinite)
+        for step in range(3):
+            with CopiedBytes() as mode:
+                ex.finish([ex.start(n, t) for n, t in grads(0, step).items()])
+                ex.end_step()
+        return mode.count
+    momentum_bytes = sum(torch.Size(SHAPES[n]).numel() * 4 for n in ("conv", "fc"))
+    assert copied("skip") - copied(None) < momentum_bytes / 10
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "compression").glob("*.py")
+                                          if p.name != "__init__.py"))
+def test_no_compressor_changes_its_state_in_place(config):
+    """The step's snapshot shares the compressor's state tensors, so every compressor of configs/compression/
+    must replace them, never change one in place (a skipped step would keep the change): the state_dict
+    taken after a step still holds the same values after two more."""
+    cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
+
+    def worker(comm):
+        ex = Exchange(named(), comm, cfg.train.compression(), Memory(), nonfinite="skip")
+        for step in range(3):
+            ex.finish([ex.start(n, t) for n, t in grads(comm.rank, step).items()])
+            ex.end_step()
+            if step == 0:
+                shared = ex.compressor.state_dict()
+                kept = _cloned(shared)
+        assert_same_state(shared, kept)
+    if cfg.train.compression is None:
+        pytest.skip("no compressor")
+    InProcessGroup(RANKS).run(worker)

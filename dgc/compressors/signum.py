@@ -22,10 +22,12 @@ class SignumCompressor(QuantizingCompressor):
         super().__init__(min_compress_numel)
 
     def compress(self, tensor, name):
+        """The new momentum replaces the old one (computed out of place), so the exchange's snapshot of the
+        state for a skipped step is the state_dict itself, not a copy."""
         momentum = self.momentum.get(name)
         if momentum is None:
-            momentum = self.momentum[name] = torch.zeros_like(tensor)
-        momentum.mul_(self.beta).add_(tensor, alpha=1 - self.beta)
+            momentum = torch.zeros_like(tensor)
+        momentum = self.momentum[name] = torch.lerp(momentum, tensor, 1 - self.beta)
         return super().compress(momentum, name)
 
     def encode(self, x):
@@ -42,4 +44,5 @@ class SignumCompressor(QuantizingCompressor):
         return {"momentum": dict(self.momentum)}
 
     def load_state_dict(self, state):
-        self.momentum = {name: m.clone() for name, m in state["momentum"].items()}
+        """Take the momenta without a copy: they are never changed in place, so sharing them is safe."""
+        self.momentum = dict(state["momentum"])

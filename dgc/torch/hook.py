@@ -11,6 +11,10 @@ parameter name, the same checkpoints): compressing a whole bucket instead would 
 layers and tie the residuals to DDP's bucket layout, which changes with ``bucket_cap_mb``. The hook runs a
 bucket's exchange to the end and returns a completed future: the backward pass waits for each bucket's
 exchange (with the fused exchange the collectives of a bucket travel together).
+
+A step is one transaction, closed by ``state.step(optimizer)``: further synced backward passes before it
+(gradient accumulation without ``no_sync()``) redo the step's exchange from its start with the accumulated
+local gradient, and a parameter left without a gradient (a branch no rank used) keeps its memory as it was.
 """
 import torch
 
@@ -21,29 +25,106 @@ from dgc.torch.communicator import TorchCommunicator
 
 class DGCHook:
     """The hook's state: the :class:`~dgc.exchange.Exchange` over ``model``'s trained parameters (named as in
-    ``model.module.named_parameters()``), its statistics (``last_exchange``), whether the last step was
-    skipped for a non-finite gradient on some rank, and its checkpointable state (each rank's residuals)."""
+    ``model.module.named_parameters()``), its statistics (``last_exchange``), whether the step was skipped
+    for a non-finite gradient on some rank, and its checkpointable state (each rank's residuals).
+
+    A step's memory and compressor changes wait for :meth:`step`. At a second synced backward pass before
+    it (accumulation without ``no_sync()``; DDP then hands the hook the parameter's whole ``.grad``, which
+    holds the first pass's average) the exchange is rolled back and redone with the local gradient of all
+    the step's passes: kept for the compressed tensors (a copy of each per pass; the gradients of later
+    passes are added to it by a tensor hook), while the dense ones are averaged as DDP averages them (an
+    average's average is itself). ``nonfinite`` must be "skip" or "stop" (None would raise on one rank
+    while the others wait in the exchange)."""
 
     def __init__(self, model, optimizer, compression=None, memory=None, communicator=None, dense_compression=None,
                  nonfinite="skip", loss_scale=None):
+        if nonfinite not in ("skip", "stop"):
+            raise ValueError(f"DGCHook: nonfinite={nonfinite!r}; use 'skip' or 'stop' (None raises on the rank "
+                             "with the non-finite gradient while the other ranks wait in the exchange)")
         module = getattr(model, "module", model)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.exchange = Exchange(named, communicator or TorchCommunicator(), compression, memory, optimizer=optimizer,
                                  dense_compressor=dense_compression, nonfinite=nonfinite, loss_scale=loss_scale)
         self.name_of = {p: n for n, p in named}
         self.step_skipped = False
+        self._passes = 0
+        """Synced backward passes exchanged in the current step (0 once :meth:`step` closed it)."""
+        self._in_pass = False
+        self._local = {}
+        """Compressed parameter name -> the local gradient of the step's passes so far."""
+        for name, route in self.exchange.routes.items():
+            if route.compressed:
+                route.param.register_hook(lambda grad, name=name: self._accumulate(name, grad))
+        if optimizer is not None:
+            optimizer.register_step_pre_hook(self._refuse_plain_step)
 
     @property
     def last_exchange(self):
         return self.exchange.last_exchange
 
     def step(self, optimizer):
-        """The optimizer's step after a backward through the hook: nothing when the step was skipped on
-        every rank, else the wrapped optimizer's update, with a plain ``p -= lr * grad`` for the tensors whose
-        momentum and weight decay the memory applied (momentum correction)."""
+        """Close the step: nothing when it was skipped on every rank, else commit the memory and compressor
+        changes (except for parameters whose ``.grad`` is None: no rank used them) and run the wrapped
+        optimizer's update, with a plain ``p -= lr * grad`` for the tensors whose momentum and weight decay
+        the memory applied (momentum correction)."""
+        passes, self._passes = self._passes, 0
         if self.step_skipped:
             return
+        if passes:
+            self.exchange.commit(unused=[n for p, n in self.name_of.items() if p.grad is None])
         step_corrected(optimizer, lambda opt: opt.step(), self.exchange.corrected)   # as wrapped (lr schedulers)
+
+    def exchange_bucket(self, bucket):
+        """Exchange ``bucket``'s gradients (the averages written into it); a further synced pass of a step
+        first rolls the step back and exchanges the accumulated local gradients instead; a pass of a step
+        already skipped exchanges nothing (every rank knows it was skipped)."""
+        exchange, redo = self.exchange, self._passes > 0
+        if redo and self.step_skipped:
+            return self._end_pass(bucket, exchange=False)
+        if redo and not self._in_pass:
+            exchange.rollback()
+        self._in_pass = True
+        pending = []
+        for p, grad in zip(bucket.parameters(), bucket.gradients()):
+            name = self.name_of[p]
+            if exchange.routes[name].compressed:
+                if redo:
+                    grad.copy_(self._local[name])
+                else:
+                    self._keep_local(name, grad)
+            pending.append(exchange.start(name, grad))
+        exchange.finish(pending, closes_step=bucket.is_last())
+        return self._end_pass(bucket)
+
+    def _end_pass(self, bucket, exchange=True):
+        """After the pass's last bucket: close the pass's statistics and agree whether to skip the step."""
+        if bucket.is_last():
+            self._in_pass = False
+            self._passes += 1
+            if exchange:
+                self.exchange.collect()
+                self.step_skipped = self.exchange.end_step(commit=False)
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
+
+    def _keep_local(self, name, grad):
+        kept = self._local.get(name)
+        if kept is None or kept.shape != grad.shape or kept.dtype != grad.dtype or kept.device != grad.device:
+            kept = self._local[name] = torch.empty_like(grad)
+        kept.copy_(grad)
+
+    def _accumulate(self, name, grad):
+        """A parameter's tensor hook: after a pass was exchanged, add the new local gradient to the kept one."""
+        if self._passes and name in self._local:
+            self._local[name].add_(grad.reshape(self._local[name].shape))
+
+    def _refuse_plain_step(self, optimizer, args, kwargs):
+        """The optimizer's step pre-hook: a step outside :meth:`step` would leave the exchange open."""
+        if self._passes:
+            raise RuntimeError("DGCHook: optimizer.step() was called directly after a backward pass through "
+                               "dgc_hook; call state.step(optimizer), which closes the step's exchange (commits "
+                               "the residuals) and applies momentum correction's plain step")
 
     def state_dict(self):
         return self.exchange.state_dict()
@@ -53,14 +134,6 @@ class DGCHook:
 
 
 def dgc_hook(state, bucket):
-    """Exchange every gradient of ``bucket`` through ``state.exchange`` (averages written into the bucket);
-    after the last bucket of a step, close the step (statistics, the agreed non-finite decision)."""
-    exchange = state.exchange
-    pending = [exchange.start(state.name_of[p], g) for p, g in zip(bucket.parameters(), bucket.gradients())]
-    exchange.finish(pending, closes_step=bucket.is_last())
-    if bucket.is_last():
-        exchange.collect()
-        state.step_skipped = exchange.end_step()
-    future = torch.futures.Future()
-    future.set_result(bucket.buffer())
-    return future
+    """Exchange every gradient of ``bucket`` through ``state`` (:meth:`DGCHook.exchange_bucket`); after the
+    last bucket of a pass, close the pass (statistics, the agreed non-finite decision)."""
+    return state.exchange_bucket(bucket)

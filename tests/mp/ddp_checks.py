@@ -6,7 +6,12 @@
    the replicas stay identical.
 3. A NaN batch on the last rank: the step is skipped on every rank (weights equal a run without that batch).
 4. state_dict / load_state_dict carries the residuals.
+5. (2 ranks) Gradient accumulation (two or three backward passes per step, with and without ``no_sync()``)
+   and a branch that no rank uses on some steps (``find_unused_parameters=True``; also one used only in a
+   step's second pass): at ratio 1.0 with masking off the same weights as plain DDP + torch SGD;
+   optimizer.step() in place of state.step(optimizer) is refused before it changes anything.
 """
+import contextlib
 import copy
 
 import torch
@@ -90,6 +95,7 @@ def check_conservation_and_replicas():
         if name in accumulated:
             p.register_hook(lambda g, name=name: grads.__setitem__(name, g.detach().clone()))
     torch.nn.functional.cross_entropy(net(x), y).backward()
+    state.step(opt)                                             # commits the step's residuals
     for name in accumulated:
         dense = torch.zeros_like(before[name])
         dense[sent[name].indices] = sent[name].values
@@ -118,6 +124,73 @@ def check_nonfinite_skip():
         assert torch.equal(a, b)
 
 
+class Branchy(torch.nn.Module):
+    """A trunk, a head and a compressed branch that a step may leave out (the same on every rank)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk, self.branch, self.head = torch.nn.Linear(32, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 5)
+
+    def forward(self, x, use_branch=True):
+        h = torch.relu(self.trunk(x))
+        return self.head(h + torch.relu(self.branch(h)) if use_branch else h)
+
+
+def check_accumulation_and_unused(passes, no_sync, branch_on):
+    """``passes`` backward passes per step (all but the last under ``no_sync()`` if ``no_sync``); the branch
+    is used in pass ``i`` of step ``s`` where ``branch_on(s, i)``: DDP + hook equals DDP + torch SGD."""
+    data = batches(10 * passes)
+
+    def run(hooked_run):
+        net = DDP(Branchy(), find_unused_parameters=True)
+        opt = sgd(net.module)
+        state = None
+        if hooked_run:
+            state = DGCHook(net, opt, compression=DGCCompressor(1.0, min_compress_numel=1000),
+                            memory=DGCSGDMemory(momentum_masking=False))
+            net.register_comm_hook(state, dgc_hook)
+            assert {n for n, r in state.exchange.routes.items() if r.compressed} == {"trunk.weight", "branch.weight"}
+        for step in range(10):
+            opt.zero_grad()
+            for i in range(passes):
+                x, y = data[step * passes + i]
+                with net.no_sync() if no_sync and i < passes - 1 else contextlib.nullcontext():
+                    (torch.nn.functional.cross_entropy(net(x, branch_on(step, i)), y) / passes).backward()
+            if state is None:
+                opt.step()
+            else:
+                state.step(opt)
+        return net
+    ref, net = run(False), run(True)
+
+    for (name, a), b in zip(ref.module.named_parameters(), net.module.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (passes, no_sync, name, (a - b).abs().max().item())
+
+
+def check_a_direct_optimizer_step_is_refused():
+    """optimizer.step() instead of state.step(optimizer) would leave the step's exchange open (uncommitted)."""
+    net, opt, state = hooked(DGCCompressor(0.5, min_compress_numel=1000), DGCSGDMemory())
+    x, y = batches(1)[0]
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    before = [p.detach().clone() for p in net.parameters()]
+    try:
+        opt.step()
+    except RuntimeError as error:
+        assert "call state.step(optimizer)" in str(error), error
+    else:
+        raise AssertionError("optimizer.step() after a backward through the hook was accepted")
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    state.step(opt)
+    assert not all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+if SIZE == 2:       # what follows does not depend on the world size: one launch is enough
+    check_a_direct_optimizer_step_is_refused()
+    check_accumulation_and_unused(2, no_sync=True, branch_on=lambda step, i: True)
+    check_accumulation_and_unused(2, no_sync=False, branch_on=lambda step, i: True)
+    check_accumulation_and_unused(1, no_sync=False, branch_on=lambda step, i: step % 3 == 0)
+    check_accumulation_and_unused(3, no_sync=False, branch_on=lambda step, i: step % 2 == 0 and i == 1)
 check_equivalence(nesterov=False)
 check_equivalence(nesterov=True)
 check_conservation_and_replicas()
