@@ -6,8 +6,14 @@ For tests of the exchange contract and for trying a compressor on one machine::
     results = group.run(lambda comm: train_one_worker(comm))   # one thread per rank
 
 Each rank's communicator is ``group.communicator(rank)``; collectives match by name and by how often a rank
-has started that name, as Horovod matches them. Sums run in rank order (16-bit values in float32), so every
-rank gets the same bits.
+has started that name, as Horovod matches them. Averages are computed as :class:`dgc.horovod.HorovodCommunicator`
+gets them from Horovod (Gloo), in rank order, so every rank gets the same bits: float32/float64 summed, then
+divided by the size; float16 prescaled by 1/size (in float32, rounded to float16), then summed in float16
+(each addition rounded); bfloat16 summed in float32 and divided, rounded once. With 2 ranks that is Horovod's
+result bit for bit (tested in tests/mp/collectives.py); with more, Gloo's ring adds each chunk of its buffer
+in another order, so float16 (and float32) results may differ from it in the last bit. torch.distributed
+(:class:`dgc.torch.TorchCommunicator`) agrees for 2 ranks; with more it divides bfloat16 values in bfloat16
+and sums them in bfloat16, so its bfloat16 averages differ from Horovod's and these.
 """
 import collections
 import threading
@@ -88,6 +94,13 @@ class InProcessGroup:
             return torch.cat(parts)
         if slot["collective"] == "broadcast":
             return tensor.copy_(parts[0])
+        if tensor.dtype == torch.float16:       # Horovod's prescale_factor=1/size, then a float16 sum
+            scale = torch.tensor(1 / self.size, dtype=torch.float32)
+            parts = [(part.float() * scale).half() for part in parts]
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part
+            return tensor.copy_(total)
         total = parts[0].to(torch.promote_types(tensor.dtype, torch.float32), copy=True)
         for part in parts[1:]:
             total += part

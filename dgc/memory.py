@@ -6,6 +6,9 @@ hands it to the compressor viewed in the parameter's shape); once the compressor
 says what was sent, ``update(name, sent)`` keeps ``residual = compensated - sent``: a sparse fast path for
 :class:`~dgc.compressors.Sparse` (subtract at the sent indices: zero, or the encoding's rounding error) and
 a dense subtraction for quantizers. So after every step, sent + residual == everything accumulated.
+Buffers are float32 (float64 for float64 gradients) whatever the gradient's dtype: a bf16 or fp16 residual
+would round away the small values error feedback exists to keep (bf16 holds 8 significant bits), so the
+compressor then sees, and the memory subtracts, float32 values.
 
 Transactions (set ``transactional``): compensate and update then write a staging copy of the state, which
 ``commit()`` makes current and ``rollback()`` drops (all, or by name), so a step skipped on every rank (a
@@ -55,6 +58,11 @@ class Memory:
         pass
 
 
+def buffer_dtype(dtype):
+    """The dtype a memory keeps for gradients of ``dtype``: float32, or float64 for float64 gradients."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _subtract(residual, sent):
     """residual -= sent: at a sparsifier's (distinct) indices, or everywhere for a dense ``sent``."""
     if isinstance(sent, Sparse):
@@ -76,13 +84,15 @@ class _BufferMemory(Memory):
         self._touched = set()
 
     def _pair(self, key, name, like):
-        """``(current, new)`` buffers of ``key`` for ``name``: compensate reads the first and writes the
-        second; they are one buffer unless transactional (then the second is the staging copy)."""
+        """``(current, new)`` buffers of ``key`` for ``name``, float32 or wider (:func:`buffer_dtype`) on
+        ``like``'s device: compensate reads the first and writes the second; they are one buffer unless
+        transactional (then the second is the staging copy)."""
+        dtype = buffer_dtype(like.dtype)
         buf = self.buffers[key].get(name)
         if buf is None or buf.shape != like.shape:
-            buf = self.buffers[key][name] = torch.zeros_like(like)
-        elif buf.device != like.device or buf.dtype != like.dtype:
-            buf = self.buffers[key][name] = buf.to(like)
+            buf = self.buffers[key][name] = torch.zeros(like.shape, dtype=dtype, device=like.device)
+        elif buf.device != like.device or buf.dtype != dtype:
+            buf = self.buffers[key][name] = buf.to(like.device, dtype)
         if not self.transactional:
             return buf, buf
         staged = self._staged[key].get(name)
@@ -192,7 +202,8 @@ class DGCSGDMemory(_BufferMemory):
         scale = None
         if self.gradient_clipping is not None:
             max_norm = self.gradient_clipping * self.world_size ** 0.5
-            scale = (max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
+            norm = torch.linalg.vector_norm(grad, dtype=buffer_dtype(grad.dtype))
+            scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
             if on_cpu:
                 scale = float(scale) if scale < 1 else None
         param, weight_decay = decay if decay is not None else (None, 0)
@@ -200,12 +211,14 @@ class DGCSGDMemory(_BufferMemory):
         step = _CHUNK if on_cpu else grad.numel()
         scratch = None
         if scale is not None or weight_decay:
-            scratch = torch.empty(min(step, grad.numel()), dtype=grad.dtype, device=grad.device)
+            scratch = torch.empty(min(step, grad.numel()), dtype=u.dtype, device=grad.device)
         for start in range(0, grad.numel(), step):
             part = slice(start, start + step)
             g = grad[part]
             if scratch is not None:
                 t = scratch[:g.numel()]
+                if g.dtype != t.dtype:      # a 16-bit gradient: clip and decay in the buffers' dtype
+                    g = t.copy_(g)
                 if scale is None:
                     g = torch.add(g, param[part], alpha=weight_decay, out=t)
                 else:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dgc.horovod as dgc_hvd
-from dgc.compressors.base import Sparse
+from dgc.compressors.base import Compressor, Sparse
 from dgc.compressors.packing import packed_bytes
 from dgc.compressors.natural import NaturalCompressor
 from dgc.compressors.powersgd import PowerSGDCompressor
@@ -90,8 +90,24 @@ def batch(rank, step):
     return x, (x[:, :4].sum(1) > 0).long() + 2 * (x[:, 4:8].sum(1) > 0).long()
 
 
+MAJORITY = {"signum.py"}
+"""Configs whose result is the sign of the workers' sum (a majority vote), not their average."""
+
+
+def dense(what, numel=ROWS * COLS):
+    """A memory's ``sent`` (dense or :class:`Sparse`) as a flat dense tensor."""
+    if isinstance(what, Sparse):
+        return torch.zeros(numel).index_add_(0, what.indices, what.values)
+    return what.reshape(-1).clone()
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_compressor_on_three_inprocess_workers(config):
+    """30 steps of every config on three workers: identical replicas, a lower loss, the wire bytes of the
+    encoding's formula, and conservation at every step: with ResidualMemory sent + residual == all gradients;
+    with DGCSGDMemory sent + velocity == all momentum-corrected gradients (u = m u + clip(g), u zeroed where
+    sent when masking; an independent reference); without memory the average is the mean of what the workers
+    say they sent (the majority's sign of their sum for Signum)."""
     cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
     nets = [model() for _ in range(3)]
     group = InProcessGroup(3)
@@ -105,17 +121,17 @@ def test_compressor_on_three_inprocess_workers(config):
                                            compression=cfg.train.compression(), memory=memory, communicator=comm)
         assert opt.exchange.routes["0.weight"].compressed == (config != "none.py")
         assert not opt.exchange.routes["0.bias"].compressed
-        accumulated, sent = torch.zeros(ROWS * COLS), torch.zeros(ROWS * COLS)
-        update = opt.exchange.memory.update
+        memory = opt.exchange.memory
+        accumulated, sent, u = (torch.zeros(ROWS * COLS) for _ in range(3))
+        step_sent, averages, sent_per_step = [], [], []
+        update = memory.update
 
         def spy(name, what):
-            if name == "0.weight" and isinstance(what, Sparse):
-                sent.index_add_(0, what.indices, what.values)
-            elif name == "0.weight":
-                sent.add_(what.reshape(-1))
+            if name == "0.weight":
+                step_sent.append(dense(what))
             update(name, what)
 
-        opt.exchange.memory.update = spy
+        memory.update = spy
         expected_bytes = 0
         x0, y0 = batch(99, 0)
         first = torch.nn.functional.cross_entropy(net(x0), y0).item()
@@ -124,22 +140,48 @@ def test_compressor_on_three_inprocess_workers(config):
             opt.zero_grad()
             x, y = batch(comm.rank, step)
             torch.nn.functional.cross_entropy(net(x), y).backward()
-            accumulated += net[0].weight.grad.view(-1)
+            g = net[0].weight.grad.view(-1).clone()
             opt.step()
+            mine = sum(step_sent, torch.zeros(ROWS * COLS))
+            step_sent.clear()
+            sent += mine
             expected_bytes += wire_bytes(opt.exchange.compressor)
+            state = memory.state_dict()
+            if isinstance(memory, DGCSGDMemory):
+                max_norm = memory.gradient_clipping * comm.size ** 0.5
+                u = memory.momentum * u + g * min(1.0, max_norm / (torch.linalg.vector_norm(g).item() + 1e-6))
+                accumulated += u
+                if memory.momentum_masking:
+                    u[mine != 0] = 0
+                torch.testing.assert_close(sent + state["velocities"]["0.weight"], accumulated, rtol=0, atol=1e-4)
+            elif isinstance(memory, ResidualMemory):
+                accumulated += g
+                torch.testing.assert_close(sent + state["residuals"]["0.weight"], accumulated, rtol=0, atol=1e-4)
+            else:
+                assert not state, "a config without memory keeps no residual"
+                sent_per_step.append(mine)
+                averages.append(net[0].weight.grad.view(-1).clone())
         last = torch.nn.functional.cross_entropy(net(x0), y0).item()
-        residual = opt.exchange.memory.state_dict().get("residuals", {}).get("0.weight")
-        return first, last, residual, accumulated, sent, expected_bytes
+        return first, last, expected_bytes, sent_per_step, averages
 
     results = group.run(worker)
     for a, b, c in zip(*(n.parameters() for n in nets)):
         assert torch.equal(a, b) and torch.equal(a, c), "replicas differ"
-    for first, last, residual, accumulated, sent, _ in results:
+    for first, last, *_ in results:
         assert last < 0.9 * first, (config, first, last)
-        if residual is not None:
-            torch.testing.assert_close(sent + residual, accumulated, rtol=0, atol=1e-4)
+    if cfg.train.memory is None and config != "none.py":
+        wire = getattr(cfg.train.compression(), "wire_dtype", None)      # a 16-bit average rounds in 16 bits
+        for step, average in enumerate(results[0][4]):
+            total = sum(r[3][step] for r in results)
+            if config in MAJORITY:
+                assert torch.equal(average, total.sign()), (config, step)
+                continue
+            largest = max(r[3][step].abs().max() for r in results).item()
+            atol = 2 * torch.finfo(wire).eps * largest if wire is not None else 1e-6
+            torch.testing.assert_close(average, total / 3, rtol=0 if wire else 1e-5, atol=atol,
+                                       msg=f"{config} step {step}")
     logged = [nbytes for rank, name, _, nbytes in group.log if rank == 0 and name == "0.weight"]
-    assert sum(logged) == results[0][5], (config, logged[:2])
+    assert sum(logged) == results[0][2], (config, logged[:2])
     assert len(logged) >= steps
 
 
@@ -149,17 +191,82 @@ def test_every_compressor_over_horovod_two_workers():
     assert result.stdout.count(f"{len(CONFIGS)} compressors ok") == 2
 
 
-@pytest.mark.parametrize("compressor", [QSGDCompressor(levels=1), QSGDCompressor(levels=4), TernGradCompressor(),
-                                        NaturalCompressor()], ids=["qsgd-s1", "qsgd-s4", "terngrad", "natural"])
-def test_unbiased_quantizers_are_unbiased(compressor):
-    """Mean of 4000 decodings of one fixed vector vs the vector: every element within 5 standard errors
-    (estimated from the draws themselves); fixed seed."""
+class _Biased(Compressor):
+    """``inner`` with a bias added to its average: ``factor`` times it, plus ``offset`` with alternating
+    signs over the elements (a bias whose sum and projection on the mean vanish). Only compress/decompress
+    of ``inner`` are used."""
+
+    def __init__(self, inner, factor=1.0, offset=0.0):
+        self.inner, self.factor, self.offset = inner, factor, offset
+        self.min_compress_numel = inner.min_compress_numel
+
+    def compress(self, tensor, name):
+        return self.inner.compress(tensor, name)
+
+    def decompress(self, result, ctx, out=None):
+        average = self.inner.decompress(result, ctx).reshape(-1) * self.factor
+        return average + self.offset * (1 - 2 * (torch.arange(average.numel()) % 2))
+
+
+def exchanged_averages(make, grads, steps=8, tensors=50):
+    """Rank 0's averages of ``steps`` x ``tensors`` exchanges of the fixed per-worker gradients ``grads``
+    (no memory) through ``make()`` on len(grads) in-process workers, one row per exchange."""
+    def worker(comm):
+        params = [(f"w{i}", torch.nn.Parameter(torch.zeros(ROWS, COLS))) for i in range(tensors)]
+        ex = Exchange(params, comm, make())
+        assert all(route.compressed for route in ex.routes.values())
+        rows = []
+        for _ in range(steps):
+            outs = [grads[comm.rank].clone() for _ in params]
+            ex.finish([ex.start(name, out) for (name, _), out in zip(params, outs)])
+            rows.extend(out.reshape(-1) for out in outs)
+        return torch.stack(rows)
+
+    return InProcessGroup(len(grads)).run(worker)[0]
+
+
+def bias_z(draws, expected):
+    """Three aggregate z-scores of the draws' mean against ``expected`` (each about N(0, 1) if unbiased):
+    the error summed over all elements, summed after projecting on sign(expected) (a shrinking or
+    inflating compressor), and the excess of the squared error over its variance (chi-square: a bias of any
+    sign pattern), all pooled over the elements with the per-element variance of the mean estimated from
+    the draws."""
+    draws, expected = draws.double(), expected.double()
+    error = draws.mean(0) - expected
+    variance = draws.var(0) / draws.shape[0]
+    spread = variance.sum().sqrt()
+    effective = variance.sum() ** 2 / variance.square().sum()
+    chi = error.square().sum() / variance.sum()
+    return [float(error.sum() / spread), float((error * expected.sign()).sum() / spread),
+            float((chi - 1) / (2 / effective).sqrt())]
+
+
+UNIFORM_GRADS = [torch.rand(ROWS, COLS, generator=torch.Generator().manual_seed(r)) * 2 - 1 for r in range(2)]
+"""Two workers' gradients, uniform in [-1, 1]: within 2.5 standard deviations, so a clipping TernGrad
+(Wen et al.'s variant) would be unbiased on them too."""
+
+
+@pytest.mark.parametrize("make", [lambda: QSGDCompressor(levels=1), lambda: QSGDCompressor(levels=4),
+                                  TernGradCompressor, NaturalCompressor], ids=["qsgd-s1", "qsgd-s4", "terngrad", "natural"])
+def test_unbiased_compressors_are_unbiased_through_the_exchange(make):
+    """400 exchanges of fixed gradients on two workers: the mean of the averages is the true average, by
+    three pooled z-scores over all 2048 elements (each within 5: a false alarm about once in 10^6 runs; the
+    threads draw from torch's one generator in no fixed order, so the draws vary from run to run)."""
     torch.manual_seed(0)
-    x = torch.randn(500)
-    draws = torch.stack([compressor.decode(compressor.encode(x), x.shape) for _ in range(4000)])
-    standard_error = draws.std(0) / math.sqrt(draws.shape[0])
-    assert ((draws.mean(0) - x).abs() <= 5 * standard_error + 1e-6).all()
-    assert draws.std(0).max() > 0, "stochastic rounding must vary"
+    draws = exchanged_averages(make, UNIFORM_GRADS)
+    assert (draws.std(0) > 0).float().mean() > 0.9, "stochastic rounding must vary"
+    z = bias_z(draws, sum(UNIFORM_GRADS).view(-1) / 2)
+    assert max(abs(v) for v in z) < 5, z
+
+
+@pytest.mark.parametrize("bias,which", [({"factor": 0.95}, 1), ({"offset": 0.05}, 2)], ids=["shrunk-5%", "alternating"])
+def test_the_unbiasedness_statistic_detects_a_small_bias(bias, which):
+    """The same statistics reject QSGD (4 levels) whose average is shrunk by 5%, or offset by +-0.05 with
+    alternating signs (a 24th of one average's standard deviation, about 1.2 here)."""
+    torch.manual_seed(0)
+    draws = exchanged_averages(lambda: _Biased(QSGDCompressor(levels=4), **bias), UNIFORM_GRADS)
+    z = bias_z(draws, sum(UNIFORM_GRADS).view(-1) / 2)
+    assert abs(z[which]) > 8, z
 
 
 @pytest.mark.parametrize("make,name", [
@@ -256,3 +363,44 @@ def test_compact_indices_decode_exactly_what_int64_indices_do(numel, values):
     k = round(numel * 0.01)
     blocks = -(-numel // 2 ** 16)
     assert sizes[0] - sizes[1] == 6 * k - (4 * blocks if blocks > 1 else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_compressor_with_a_memory_takes_16bit_gradients(dtype):
+    """16-bit gradients through every config's compressor with its memory (ResidualMemory where it has none),
+    two workers, 3 steps: the memory stays float32, sent (float32) + residual == all gradients, the average
+    lands in the 16-bit gradient alike on both ranks."""
+    for config in CONFIGS:
+        cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
+        grads = [[torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(10 * r + s)).to(dtype)
+                  for s in range(3)] for r in range(2)]
+
+        def worker(comm):
+            memory = cfg.train.memory() if cfg.train.memory is not None else ResidualMemory()
+            clip = lambda g: g       # noqa: E731
+            if isinstance(memory, DGCSGDMemory):     # momentum 0: the velocity accumulates clipped gradients
+                memory.follow(0.0, False)
+                memory.initialize(comm.size)
+                max_norm = memory.gradient_clipping * comm.size ** 0.5
+                clip = lambda g: g * min(1.0, max_norm / (torch.linalg.vector_norm(g).item() + 1e-6))  # noqa: E731
+            compressor = cfg.train.compression()
+            compressor.min_compress_numel = 1
+            ex = Exchange([("w", torch.nn.Parameter(torch.zeros(ROWS, COLS, dtype=dtype)))], comm, compressor, memory)
+            sent = torch.zeros(ROWS * COLS, dtype=torch.float64)
+            update = memory.update
+            memory.update = lambda name, what: (sent.add_(dense(what).double()), update(name, what))
+            averages = []
+            for g in grads[comm.rank]:
+                out = g.clone()
+                ex.finish([ex.start("w", out)])
+                assert out.dtype == dtype and torch.isfinite(out).all()
+                averages.append(out)
+            state = memory.state_dict()
+            kept = state.get("residuals", state.get("velocities"))["w"]
+            assert all(buffers["w"].dtype == torch.float32 for buffers in state.values()), config
+            accumulated = sum(clip(g.double()) for g in grads[comm.rank]).view(-1)
+            torch.testing.assert_close(sent + kept.double(), accumulated, rtol=0, atol=1e-4, msg=config)
+            return averages
+
+        first, second = InProcessGroup(2).run(worker)
+        assert all(torch.equal(a, b) for a, b in zip(first, second)), config

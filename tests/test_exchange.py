@@ -233,3 +233,16 @@ def test_dense_compressor_carries_the_small_tensors():
         expected = sum(g["bias"].half().float() for g in grads) / 2
         assert torch.equal(bias, expected.half().float()) and not keeps
         assert sent == 100 * 2 + round(64 * 32 * 0.01) * 12
+
+
+def test_inprocess_float16_average_prescales_as_horovod_does():
+    """Horovod averages float16 by prescaling each value by 1/size (rounded to float16) and summing in float16:
+    half of the smallest subnormal 2^-24 rounds to 0 (a tie, to even), 1.5 * 2^-24 to 2^-23; an average in
+    float32 rounded once would give back 2^-24 and 3 * 2^-24. (tests/mp/collectives.py compares every dtype
+    with a real Horovod average, bit for bit.)"""
+    tiny = 2.0 ** -24
+    sent = torch.tensor([tiny, 3 * tiny, 1.0], dtype=torch.float16)
+    results = InProcessGroup(2).run(lambda comm: comm.wait(comm.start(Payload(sent.clone(), "allreduce", 3), "h")))
+    for result in results:
+        assert result.tolist() == [0.0, 4 * tiny, 1.0]
+

@@ -7,6 +7,7 @@ import torch
 
 from dgc.compressors.base import Sparse
 from dgc.compressors.dgc import DGCCompressor
+from dgc.compressors.threshold import ThresholdCompressor
 from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, ResidualMemory
@@ -169,3 +170,40 @@ def test_dgcsgd_plain_step_for_compressed_and_torch_sgd_for_the_rest():
         torch.testing.assert_close(dense.detach(), ref.detach())
     assert compressed not in opt.state or "momentum_buffer" not in opt.state[compressed]
     assert len(calls) == 3, "step hooks run once per step"
+
+
+@pytest.mark.parametrize("dtype,eps", [(torch.bfloat16, 2.0 ** -9), (torch.float16, 2.0 ** -12)], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("make,base", [(ResidualMemory, 1.0), (lambda: DGCSGDMemory(momentum=0.5), 2.0)],
+                         ids=["residual", "momentum-correction"])
+def test_16bit_gradients_far_below_the_residuals_resolution_accumulate_and_are_sent(dtype, eps, make, base):
+    """A first gradient of 1 leaves a residual (velocity: about 2) below the threshold; then each step adds
+    ``eps``, under half a unit in the last place of that residual in ``dtype``, so a residual kept in the
+    gradient's dtype never moves. Kept in float32 it reaches the threshold within 64 steps and is sent:
+    sent (float32) + residual is everything accumulated, and the average lands in the 16-bit gradient."""
+    threshold = base + 64 * eps
+    assert (torch.tensor(base, dtype=dtype) + eps).item() == base
+    memory = make()
+    param = torch.nn.Parameter(torch.zeros(4, 8, dtype=dtype))
+    ex = Exchange([("w", param)], InProcessGroup(1).communicator(0),
+                  ThresholdCompressor(threshold=threshold, min_compress_numel=1), memory)
+    accumulated, sent, u = (torch.zeros(32, dtype=torch.float64) for _ in range(3))
+    step_sent = []
+    update = memory.update
+    memory.update = lambda name, what: (step_sent.append(what), update(name, what))
+    for step in range(80):
+        grad = torch.full((4, 8), 1.0 if step == 0 else eps, dtype=dtype)
+        u = u * getattr(memory, "momentum", 0.0) + grad.double().view(-1)
+        accumulated += u
+        ex.finish([ex.start("w", grad)])
+        (what,) = step_sent
+        step_sent.clear()
+        assert what.values.dtype == torch.float32
+        mine = torch.zeros(32, dtype=torch.float64).index_add_(0, what.indices, what.values.double())
+        sent += mine
+        if getattr(memory, "momentum_masking", False):
+            u[what.indices] = 0
+        assert grad.dtype == dtype and torch.equal(grad.view(-1), mine.to(dtype))
+        kept = memory.state_dict().get("residuals", memory.state_dict().get("velocities"))["w"]
+        assert kept.dtype == torch.float32
+        torch.testing.assert_close(sent + kept.double(), accumulated, rtol=0, atol=1e-5)
+    assert sent.min() >= threshold, "the small gradients must accumulate until they are sent"

@@ -33,7 +33,10 @@ class RandomKCompressor(Compressor):
 
     def decompress(self, result, ctx, out=None):
         indices, numel = ctx
-        out = torch.zeros(numel, dtype=result.dtype, device=result.device) if out is None else out.zero_()
+        if out is None or out.dtype != result.dtype:     # a 16-bit gradient's memory sends float32
+            out = torch.zeros(numel, dtype=result.dtype, device=result.device)
+        else:
+            out.zero_()
         return out.index_copy_(0, indices, result)
 
     def state_dict(self):

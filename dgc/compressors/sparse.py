@@ -62,11 +62,12 @@ class Pairs:
     """The wire encoding of up to ``capacity`` (value, index) pairs of an n-element tensor, in one uint8 row:
     [scale] values [block counts] indices.
 
-    Values go as the gradient's dtype, as fp16 (``fp16_values``: clamped to fp16's range) or as int8 with
-    one float32 scale max|v|/127 in front (``int8_values``: rounded to nearest). Indices go as int64, int32
-    (``int32_indices``) or, with ``compact_indices``, sorted and as 16-bit offsets within blocks of 2^16
-    elements, preceded by each block's count as int32 (none for n <= 2^16): 2 bytes per index plus
-    4 ceil(n / 2^16) bytes. Every size depends only on capacity and n, so it is known before the collective.
+    Values go as the compressed tensor's dtype (float32 from a memory, even for 16-bit gradients), as fp16
+    (``fp16_values``: clamped to fp16's range) or as int8 with one float32 scale max|v|/127 in front
+    (``int8_values``: rounded to nearest). Indices go as int64, int32 (``int32_indices``) or, with
+    ``compact_indices``, sorted and as 16-bit offsets within blocks of 2^16 elements, preceded by each
+    block's count as int32 (none for n <= 2^16): 2 bytes per index plus 4 ceil(n / 2^16) bytes. Every
+    size depends only on capacity and n, so it is known before the collective.
     ``encode`` also returns what the receivers will decode (a :class:`Sparse`), so an error-feedback memory
     keeps exactly what the encoding lost. Rows shorter than ``capacity`` are padded; receivers decode only
     each worker's own count."""
