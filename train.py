@@ -106,7 +106,8 @@ def build_optimizer(cfg, model, world_size, communicator=None):
     communicator, local = fused(cfg, communicator), fused(cfg, local)
     route = {"hierarchical": (communicator, local)} if local is not None else {"communicator": communicator}
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                             backward_passes_per_step=passes, **route, **exchange_options(cfg))
+                                             backward_passes_per_step=passes, model=model, **route,
+                                             **exchange_options(cfg))
     return optimizer, optimizer.exchange
 
 

@@ -14,6 +14,7 @@ exchange (with the fused exchange the collectives of a bucket travel together).
 """
 import torch
 
+from dgc.buffers import BufferSnapshot
 from dgc.exchange import Exchange
 from dgc.optim import step_corrected
 from dgc.torch.communicator import TorchCommunicator
@@ -22,7 +23,9 @@ from dgc.torch.communicator import TorchCommunicator
 class DGCHook:
     """The hook's state: the :class:`~dgc.exchange.Exchange` over ``model``'s trained parameters (named as in
     ``model.module.named_parameters()``), its statistics (``last_exchange``), whether the last step was
-    skipped for a non-finite gradient on some rank, and its checkpointable state (each rank's residuals)."""
+    skipped for a non-finite gradient on some rank, and its checkpointable state (each rank's residuals).
+    ``model.module``'s buffers are copied before each step's first forward (after DDP's buffer broadcast) and
+    put back by :meth:`step` when the step was skipped (:class:`dgc.buffers.BufferSnapshot`)."""
 
     def __init__(self, model, optimizer, compression=None, memory=None, communicator=None, dense_compression=None,
                  nonfinite="skip", loss_scale=None):
@@ -31,6 +34,7 @@ class DGCHook:
         self.exchange = Exchange(named, communicator or TorchCommunicator(), compression, memory, optimizer=optimizer,
                                  dense_compressor=dense_compression, nonfinite=nonfinite, loss_scale=loss_scale)
         self.name_of = {p: n for n, p in named}
+        self.buffers = BufferSnapshot(module)
         self.step_skipped = False
 
     @property
@@ -39,8 +43,10 @@ class DGCHook:
 
     def step(self, optimizer):
         """The optimizer's step after a backward through the hook: nothing when the step was skipped on
-        every rank, else the wrapped optimizer's update, with a plain ``p -= lr * grad`` for the tensors whose
-        momentum and weight decay the memory applied (momentum correction)."""
+        every rank (but the model's buffers put back as they were before its first forward), else the wrapped
+        optimizer's update, with a plain ``p -= lr * grad`` for the tensors whose momentum and weight decay the
+        memory applied (momentum correction)."""
+        self.buffers.end_step(self.step_skipped)
         if self.step_skipped:
             return
         step_corrected(optimizer, lambda opt: opt.step(), self.exchange.corrected)   # as wrapped (lr schedulers)

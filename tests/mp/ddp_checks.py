@@ -6,6 +6,8 @@
    the replicas stay identical.
 3. A NaN batch on the last rank: the step is skipped on every rank (weights equal a run without that batch).
 4. state_dict / load_state_dict carries the residuals.
+5. A NaN input on the last rank of a BatchNorm model: skipped with every rank's parameters and buffers
+   unchanged, and bitwise equal to a run without that batch (the hook's BufferSnapshot).
 """
 import copy
 
@@ -118,10 +120,42 @@ def check_nonfinite_skip():
         assert torch.equal(a, b)
 
 
+def check_nonfinite_input_restores_buffers():
+    def bn_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                   torch.nn.Linear(64, 5))
+
+    def run(data, bad_step=None):
+        net = DDP(bn_model())
+        opt = sgd(net.module)
+        state = DGCHook(net, opt, compression=TopKCompressor(0.01, min_compress_numel=1000), memory=DGCSGDMemory())
+        net.register_comm_hook(state, dgc_hook)
+        for step, (x, y) in enumerate(data):
+            before = copy.deepcopy(net.module.state_dict())
+            for name, _ in net.module.named_buffers():     # as DDP's forward broadcasts them from rank 0
+                dist.broadcast(before[name], 0)
+            train(net, opt, [(x, y)], state)
+            if step == bad_step:
+                assert state.step_skipped
+                for key, value in net.module.state_dict().items():
+                    assert torch.equal(value, before[key]), key
+        return net.module.state_dict()
+
+    data = batches(5)
+    poisoned = [(x.clone(), y) for x, y in data]
+    if RANK == SIZE - 1:
+        poisoned[2][0][0, 0] = float("nan")
+    skipped, left_out = run(poisoned, bad_step=2), run(data[:2] + data[3:])
+    for key, value in skipped.items():
+        assert torch.equal(value, left_out[key]), key
+
+
 check_equivalence(nesterov=False)
 check_equivalence(nesterov=True)
 check_conservation_and_replicas()
 check_nonfinite_skip()
+check_nonfinite_input_restores_buffers()
 dist.barrier()
 print(f"rank {RANK}/{SIZE}: ddp checks ok", flush=True)
 close_process_group()
