@@ -137,6 +137,28 @@ def build_ddp(cfg, model, world_size):
     return ddp, optimizer, hook.exchange, lambda: hook.step(optimizer)
 
 
+def replica_check(cfg, backend, model, steps_per_epoch):
+    """``check(global_step)``: with ``train.check_replicas_every`` (None: once per epoch) steps, compare every
+    parameter and integer buffer of ``model`` across all ranks (:mod:`dgc.replicas`; one int64 allgather),
+    raising :class:`~dgc.replicas.ReplicaMismatch` on every rank when some rank's differ."""
+    from dgc.replicas import check_replicas, replicated_tensors
+
+    every = cfg.train.check_replicas_every
+    every = steps_per_epoch if every is None else every
+    if not every:
+        return lambda global_step: None
+    if backend == "torch":
+        from dgc.torch import TorchCommunicator as World
+    else:
+        from dgc.horovod import HorovodCommunicator as World
+    world = World()
+
+    def check(global_step):
+        if global_step % every == 0:
+            check_replicas(world, replicated_tensors(model), f"after step {global_step}")
+    return check
+
+
 def check_training_setup(cfg, backend):
     """Build the model and the distributed optimizer (``backend`` "torch": the DDP hook's state) once on one
     in-process worker, so that a bad compressor, memory or optimizer argument stops every rank with a message
@@ -282,6 +304,10 @@ def check_config(cfg):
     every = cfg.train.measure_error_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"config key 'train.measure_error_every' must be an int >= 0 (0: never), got {every!r}")
+    every = cfg.train.check_replicas_every
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+        raise ConfigError("config key 'train.check_replicas_every' must be None (once per epoch) or an int >= 0 "
+                          f"(steps; 0: never), got {every!r}")
 
 
 def train(args, cfg, dataset):
@@ -293,6 +319,7 @@ def train(args, cfg, dataset):
     else:
         import horovod.torch as hvd
 
+    from dgc.replicas import ReplicaMismatch
     from training import checkpoint as ckpt
     from training import data as data_lib
     from training.runlog import RunLog, sum_over_workers
@@ -342,6 +369,7 @@ def train(args, cfg, dataset):
         optimizer, exchange = build_optimizer(cfg, model, world)
         net, step = model, lambda: optimizer.step()     # late bound: the scheduler wraps optimizer.step
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
+    check_replicas = replica_check(cfg, args.backend, model, steps_per_epoch)
 
     if args.evaluate:
         if not main_ckpt.is_file():
@@ -430,6 +458,14 @@ def train(args, cfg, dataset):
             if stats["snr_db"] is not None:
                 snrs.append(stats["snr_db"])
             global_step = epoch * steps_per_epoch + steps
+            try:
+                check_replicas(global_step)
+            except ReplicaMismatch as error:      # raised alike on every rank: all stop, nothing saved
+                bar.close()
+                log.close()
+                if rank == 0:
+                    print(f"train.py: error: {error}", file=sys.stderr, flush=True)
+                return 2
             if rank == 0 and (global_step % cfg.train.log_every == 0 or stats["relative_error"] is not None):
                 log.step(global_step, loss.item(), optimizer.param_groups[0]["lr"], stats)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
