@@ -106,7 +106,8 @@ def build_optimizer(cfg, model, world_size, communicator=None):
     communicator, local = fused(cfg, communicator), fused(cfg, local)
     route = {"hierarchical": (communicator, local)} if local is not None else {"communicator": communicator}
     optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                             backward_passes_per_step=passes, **route, **exchange_options(cfg))
+                                             backward_passes_per_step=passes, model=model, **route,
+                                             **exchange_options(cfg))
     return optimizer, optimizer.exchange
 
 
@@ -134,6 +135,28 @@ def build_ddp(cfg, model, world_size):
                              **exchange_options(cfg))
     ddp.register_comm_hook(hook, dgc_torch.dgc_hook)
     return ddp, optimizer, hook.exchange, lambda: hook.step(optimizer)
+
+
+def replica_check(cfg, backend, model, steps_per_epoch):
+    """``check(global_step)``: with ``train.check_replicas_every`` (None: once per epoch) steps, compare every
+    parameter and integer buffer of ``model`` across all ranks (:mod:`dgc.replicas`; one int64 allgather),
+    raising :class:`~dgc.replicas.ReplicaMismatch` on every rank when some rank's differ."""
+    from dgc.replicas import check_replicas, replicated_tensors
+
+    every = cfg.train.check_replicas_every
+    every = steps_per_epoch if every is None else every
+    if not every:
+        return lambda global_step: None
+    if backend == "torch":
+        from dgc.torch import TorchCommunicator as World
+    else:
+        from dgc.horovod import HorovodCommunicator as World
+    world = World()
+
+    def check(global_step):
+        if global_step % every == 0:
+            check_replicas(world, replicated_tensors(model), f"after step {global_step}")
+    return check
 
 
 def check_training_setup(cfg, backend):
@@ -281,6 +304,10 @@ def check_config(cfg):
     every = cfg.train.measure_error_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"config key 'train.measure_error_every' must be an int >= 0 (0: never), got {every!r}")
+    every = cfg.train.check_replicas_every
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+        raise ConfigError("config key 'train.check_replicas_every' must be None (once per epoch) or an int >= 0 "
+                          f"(steps; 0: never), got {every!r}")
 
 
 def train(args, cfg, dataset):
@@ -292,6 +319,7 @@ def train(args, cfg, dataset):
     else:
         import horovod.torch as hvd
 
+    from dgc.replicas import ReplicaMismatch
     from training import checkpoint as ckpt
     from training import data as data_lib
     from training.runlog import RunLog, sum_over_workers
@@ -341,6 +369,7 @@ def train(args, cfg, dataset):
         optimizer, exchange = build_optimizer(cfg, model, world)
         net, step = model, lambda: optimizer.step()     # late bound: the scheduler wraps optimizer.step
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
+    check_replicas = replica_check(cfg, args.backend, model, steps_per_epoch)
 
     if args.evaluate:
         if not main_ckpt.is_file():
@@ -429,6 +458,14 @@ def train(args, cfg, dataset):
             if stats["snr_db"] is not None:
                 snrs.append(stats["snr_db"])
             global_step = epoch * steps_per_epoch + steps
+            try:
+                check_replicas(global_step)
+            except ReplicaMismatch as error:      # raised alike on every rank: all stop, nothing saved
+                bar.close()
+                log.close()
+                if rank == 0:
+                    print(f"train.py: error: {error}", file=sys.stderr, flush=True)
+                return 2
             if rank == 0 and (global_step % cfg.train.log_every == 0 or stats["relative_error"] is not None):
                 log.step(global_step, loss.item(), optimizer.param_groups[0]["lr"], stats)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",

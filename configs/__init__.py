@@ -34,5 +34,7 @@ configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs a
 configs.train.channels_last = False      # channels_last input batches (faster convolutions on CPU)
 configs.train.num_threads = 0           # torch threads per rank; 0: cores / workers on this host
 configs.train.log_every = 1             # steps between TensorBoard step scalars
+configs.train.check_replicas_every = None   # steps between replica checks (parameter checksums compared across
+                                        # ranks, dgc/replicas.py); None: once per epoch, at its last step; 0: never
 configs.train.measure_error_every = 100 # steps between measurements of the compression error against the
                                         # dense average (logged then; costs one dense allreduce); 0: never

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from dgc.buffers import BufferSnapshot
 from dgc.exchange import Exchange
 from dgc.horovod.communicator import HorovodCommunicator, hierarchical_communicators
 from dgc.optim import step_corrected, unhooked
@@ -19,7 +20,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class by :func:`DistributedOptimizer`."""
 
     def _setup(self, named_parameters, compression, memory, backward_passes_per_step, communicator,
-               dense_compression=None, local_communicator=None, nonfinite="skip", loss_scale=None):
+               dense_compression=None, local_communicator=None, nonfinite="skip", loss_scale=None, model=None):
         params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
@@ -42,6 +43,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                  dense_compressor=dense_compression, local=local_communicator,
                                  nonfinite=nonfinite, loss_scale=loss_scale)
         self._name_of = name_of
+        self._buffers = _buffer_snapshot(model, params)
         self._passes = backward_passes_per_step
         self._pending = {}
         self._reset_counters()
@@ -86,6 +88,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._synchronized = True
         self.exchange.collect()
         self.step_skipped = self.exchange.end_step()
+        if self._buffers is not None:
+            self._buffers.end_step(self.step_skipped)
 
     @property
     def skipped_steps(self):
@@ -143,6 +147,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             self._pending.clear()
             self.exchange.stats = self.exchange.zero_stats()
             self.exchange.rollback()
+        if self._buffers is not None:
+            self._buffers.end_step(False)
         self._base_class.load_state_dict(self, state_dict)
         self._reset_counters()
         self.exchange.follow_optimizer()
@@ -150,7 +156,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1,
                          communicator=None, memory=None, dense_compression=None, hierarchical=False,
-                         nonfinite="skip", loss_scale=None):
+                         nonfinite="skip", loss_scale=None, model=None):
     """Make ``optimizer`` average its gradients over all workers through ``compression`` (default: dense
     allreduce) and ``memory`` (default: ``compression.memory`` if it has one, else none); tensors too small
     to compress go through ``dense_compression`` (default: dense fp32; e.g. ``FP16Compressor()``).
@@ -161,7 +167,10 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     ``nonfinite``: a step in which any rank's gradient has NaN/Inf is skipped on every rank ("skip": as if
     that batch had been left out; ``skipped_steps`` counts them) or stops every rank with FloatingPointError
     ("stop"); agreed with one flag of 1 to 4 bytes per step. ``loss_scale``: a :class:`dgc.amp.LossScale` for fp16
-    autocast (multiply the loss by ``loss_scale.value``; the exchange unscales and updates it).
+    autocast (multiply the loss by ``loss_scale.value``; the exchange unscales and updates it). ``model``: the
+    module being trained; its buffers (BatchNorm's running statistics, ``num_batches_tracked``) are copied
+    before each step's first forward and put back when the step is skipped (without it they keep what the
+    skipped batch's forward made of them; see :class:`dgc.buffers.BufferSnapshot`).
     Leaders then start more collectives than the other ranks: name every Horovod collective you call yourself
     (Horovod's unnamed ones are numbered per process, so they would no longer match and would hang).
 
@@ -192,8 +201,18 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     if scheduler_step is not None:
         _count_steps_for_scheduler(optimizer, scheduler_step)
     optimizer._setup(named_parameters, compression, memory, backward_passes_per_step, communicator,
-                     dense_compression, local, nonfinite, loss_scale)
+                     dense_compression, local, nonfinite, loss_scale, model)
     return optimizer
+
+
+def _buffer_snapshot(model, params):
+    """The :class:`BufferSnapshot` of ``model`` (None without one), which must hold every optimized parameter."""
+    if model is None:
+        return None
+    if isinstance(model, torch.nn.Module) and not set(params) <= set(model.parameters()):
+        raise ValueError("DistributedOptimizer: model= does not hold the optimizer's parameters; pass the model "
+                         "being trained (whose buffers a skipped step must restore)")
+    return BufferSnapshot(model)
 
 
 def _count_steps_for_scheduler(optimizer, patched):

@@ -18,6 +18,7 @@ local gradient, and a parameter left without a gradient (a branch no rank used) 
 """
 import torch
 
+from dgc.buffers import BufferSnapshot
 from dgc.exchange import Exchange
 from dgc.optim import step_corrected
 from dgc.torch.communicator import TorchCommunicator
@@ -34,7 +35,9 @@ class DGCHook:
     the step's passes: kept for the compressed tensors (a copy of each per pass; the gradients of later
     passes are added to it by a tensor hook), while the dense ones are averaged as DDP averages them (an
     average's average is itself). ``nonfinite`` must be "skip" or "stop" (None would raise on one rank
-    while the others wait in the exchange)."""
+    while the others wait in the exchange).
+    ``model.module``'s buffers are copied before each step's first forward (after DDP's buffer broadcast) and
+    put back by :meth:`step` when the step was skipped (:class:`dgc.buffers.BufferSnapshot`)."""
 
     def __init__(self, model, optimizer, compression=None, memory=None, communicator=None, dense_compression=None,
                  nonfinite="skip", loss_scale=None):
@@ -46,6 +49,7 @@ class DGCHook:
         self.exchange = Exchange(named, communicator or TorchCommunicator(), compression, memory, optimizer=optimizer,
                                  dense_compressor=dense_compression, nonfinite=nonfinite, loss_scale=loss_scale)
         self.name_of = {p: n for n, p in named}
+        self.buffers = BufferSnapshot(module)
         self.step_skipped = False
         self._passes = 0
         """Synced backward passes exchanged in the current step (0 once :meth:`step` closed it)."""
@@ -63,11 +67,13 @@ class DGCHook:
         return self.exchange.last_exchange
 
     def step(self, optimizer):
-        """Close the step: nothing when it was skipped on every rank, else commit the memory and compressor
-        changes (except for parameters whose ``.grad`` is None: no rank used them) and run the wrapped
-        optimizer's update, with a plain ``p -= lr * grad`` for the tensors whose momentum and weight decay
-        the memory applied (momentum correction)."""
+        """Close the step: nothing when it was skipped on every rank (but the model's buffers put back as they
+        were before its first forward), else commit the memory and compressor changes (except for parameters
+        whose ``.grad`` is None: no rank used them) and run the wrapped optimizer's update, with a plain
+        ``p -= lr * grad`` for the tensors whose momentum and weight decay the memory applied (momentum
+        correction)."""
         passes, self._passes = self._passes, 0
+        self.buffers.end_step(self.step_skipped)
         if self.step_skipped:
             return
         if passes:

@@ -10,6 +10,8 @@
    and a branch that no rank uses on some steps (``find_unused_parameters=True``; also one used only in a
    step's second pass): at ratio 1.0 with masking off the same weights as plain DDP + torch SGD;
    optimizer.step() in place of state.step(optimizer) is refused before it changes anything.
+6. A NaN input on the last rank of a BatchNorm model: skipped with every rank's parameters and buffers
+   unchanged, and bitwise equal to a run without that batch (the hook's BufferSnapshot).
 """
 import contextlib
 import copy
@@ -185,16 +187,50 @@ def check_a_direct_optimizer_step_is_refused():
     assert not all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
+def check_nonfinite_input_restores_buffers():
+    def bn_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                   torch.nn.Linear(64, 5))
+
+    def run(data, bad_step=None):
+        net = DDP(bn_model())
+        opt = sgd(net.module)
+        state = DGCHook(net, opt, compression=TopKCompressor(0.01, min_compress_numel=1000), memory=DGCSGDMemory())
+        net.register_comm_hook(state, dgc_hook)
+        for step, (x, y) in enumerate(data):
+            before = copy.deepcopy(net.module.state_dict())
+            for name, _ in net.module.named_buffers():     # as DDP's forward broadcasts them from rank 0
+                dist.broadcast(before[name], 0)
+            train(net, opt, [(x, y)], state)
+            if step == bad_step:
+                assert state.step_skipped
+                for key, value in net.module.state_dict().items():
+                    assert torch.equal(value, before[key]), key
+        return net.module.state_dict()
+
+    data = batches(5)
+    poisoned = [(x.clone(), y) for x, y in data]
+    if RANK == SIZE - 1:
+        poisoned[2][0][0, 0] = float("nan")
+    skipped, left_out = run(poisoned, bad_step=2), run(data[:2] + data[3:])
+    for key, value in skipped.items():
+        assert torch.equal(value, left_out[key]), key
+
+
 if SIZE == 2:       # what follows does not depend on the world size: one launch is enough
     check_a_direct_optimizer_step_is_refused()
     check_accumulation_and_unused(2, no_sync=True, branch_on=lambda step, i: True)
     check_accumulation_and_unused(2, no_sync=False, branch_on=lambda step, i: True)
     check_accumulation_and_unused(1, no_sync=False, branch_on=lambda step, i: step % 3 == 0)
     check_accumulation_and_unused(3, no_sync=False, branch_on=lambda step, i: step % 2 == 0 and i == 1)
+
+
 check_equivalence(nesterov=False)
 check_equivalence(nesterov=True)
 check_conservation_and_replicas()
 check_nonfinite_skip()
+check_nonfinite_input_restores_buffers()
 dist.barrier()
 print(f"rank {RANK}/{SIZE}: ddp checks ok", flush=True)
 close_process_group()
