@@ -20,6 +20,7 @@ from horovod.torch.compression import Compressor as HorovodCompressor
 from dgc.compressors.base import Payload
 from dgc.compressors.fp16 import FP16Compressor
 from dgc.exchange import Exchange, _check_gradient
+from dgc.fused import FusedCommunicator
 from dgc.horovod.communicator import HorovodCommunicator, hierarchical_communicators
 from dgc.optim import step_corrected, unhooked
 
@@ -124,18 +125,24 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if self.exchange.nonfinite is not None and not _check_gradient(values.reshape(-1), name, False):
             self.exchange._bad.append(name)     # the step's flag then skips (or stops) it on every rank
             values = torch.zeros_like(values)
-        stats, comm = self.exchange.stats, self.exchange.communicator
+        stats, comm = self.exchange.stats, self._sparse_communicator()
         stats["bytes_sent"] += indices.numel() * indices.element_size() + values.numel() * values.element_size()
         stats["values_sent"] += values.numel()
         stats["collectives"] += 2
         return _SparsePending(p, comm.start(Payload(indices, "allgather", 0), f"{name}.sparse_indices"),
                               comm.start(Payload(values, "allgather", values.numel()), f"{name}.sparse_values"))
 
+    def _sparse_communicator(self):
+        """The communicator of sparse gradients: the exchange's, unfused (their sizes differ between ranks,
+        which a fused allgather cannot pack)."""
+        comm = self.exchange.communicator
+        return comm.inner if isinstance(comm, FusedCommunicator) else comm
+
     def _finish(self):
         """Wait for every exchange in flight and put the averages into ``p.grad`` (sparse where it was)."""
         pending = list(self._pending.values())
         self.exchange.finish([x for x in pending if not isinstance(x, _SparsePending)])
-        comm = self.exchange.communicator
+        comm = self._sparse_communicator()
         for x in pending:
             if isinstance(x, _SparsePending):
                 indices, values = comm.wait(x.indices).t(), comm.wait(x.values)
