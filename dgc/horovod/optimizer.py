@@ -122,7 +122,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                              f"sparse=True)) and {where}, which needs dense gradients; pass sparse_as_dense=True")
         grad = grad.coalesce()
         indices, values = grad.indices().t().contiguous(), grad.values().contiguous()
-        if self.exchange.nonfinite is not None and not _check_gradient(values.reshape(-1), name, False):
+        if not _check_gradient(values.reshape(-1), name, False):
             self.exchange._bad.append(name)     # the step's flag then skips (or stops) it on every rank
             values = torch.zeros_like(values)
         stats, comm = self.exchange.stats, self._sparse_communicator()
