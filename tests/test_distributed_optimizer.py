@@ -9,6 +9,7 @@ import torch
 import dgc.horovod as dgc_hvd
 from dgc.compressors.dgc import DGCCompressor
 from dgc.exchange import Exchange
+from dgc.fused import FusedCommunicator
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory
 from dgc.optim import DGCSGD
@@ -217,9 +218,11 @@ def test_lr_scheduler_created_before_wrapping_still_drives_the_exchange():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 3)
 
 
-def test_fresh_state_step_without_backward_changes_nothing():
-    """What hvd.broadcast_optimizer_state does to a fresh optimizer (zero grads, step()) must neither run an
-    exchange nor move parameters (weight decay folded into zero gradients would)."""
+def test_fresh_state_step_without_backward_creates_state_and_changes_nothing():
+    """What hvd.broadcast_optimizer_state does to a fresh optimizer (zero grads, step()) must create the wrapped
+    optimizer's state as training would (momentum buffers of the tensors it steps; the corrected ones' momentum
+    is the memory's), so the root's state can be broadcast into it, but neither run an exchange nor move
+    parameters (weight decay folded into zero gradients would)."""
     group = InProcessGroup(1)
     net = model()
     opt = wrap(net, group.communicator(0), ratio=0.1, weight_decay=0.1)
@@ -228,6 +231,8 @@ def test_fresh_state_step_without_backward_changes_nothing():
         p.grad = torch.zeros_like(p)
     opt.step()
     assert group.log == [] and opt.exchange.memory.buffers["velocities"] == {}
+    assert set(opt.state) == {net[0].bias, net[2].bias}
+    assert all("momentum_buffer" in opt.state[p] for p in opt.state)
     for name, value in net.state_dict().items():
         assert torch.equal(value, before[name]), name
     backward(net)
@@ -287,3 +292,165 @@ def test_second_synchronize_warns_and_exchanges_nothing():
         opt.synchronize()
     assert len(exchanges(group)) == 4
     assert all(torch.equal(a, p.grad) for a, p in zip(averaged, net.parameters()))
+
+
+def dense(net, comm, **options):
+    """The dense exchange (no compressor) through Horovod's arguments, as a drop-in user writes it."""
+    return dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1),
+                                        named_parameters=net.named_parameters(), communicator=comm, **options)
+
+
+def averaged_grads(options, world=2, seed_of=lambda rank: 0):
+    """Every rank's gradients after synchronize() with ``options``, each rank on its own batch."""
+    nets = [model(seed_of(rank)) for rank in range(world)]
+
+    def worker(comm):
+        net = nets[comm.rank]
+        opt = dense(net, comm, **options)
+        backward(net, comm.rank)
+        opt.synchronize()
+        return {name: p.grad.clone() for name, p in net.named_parameters()}
+
+    return InProcessGroup(world).run(worker)
+
+
+def local_grads(world=2):
+    grads = []
+    for rank in range(world):
+        net = model()
+        backward(net, rank)
+        grads.append({name: p.grad.clone() for name, p in net.named_parameters()})
+    return grads
+
+
+def test_horovod_arguments_with_horovods_meaning():
+    """op=Sum sums, gradient_predivide_factor and groups leave the average as it is, hvd.Compression.fp16 sends
+    every tensor (biases too) in fp16, as hvd.DistributedOptimizer does."""
+    import horovod.torch as hvd
+
+    local = local_grads()
+    mean = {name: (local[0][name] + local[1][name]) / 2 for name in local[0]}
+    net = model()
+    groups = [[net[0].weight, net[2].weight]]
+    for options, factor in (({}, 1), ({"op": hvd.Sum}, 2), ({"gradient_predivide_factor": 2.0}, 1),
+                            ({"compression": hvd.Compression.none, "groups": 2}, 1)):
+        for grads in averaged_grads(options):
+            for name, grad in grads.items():
+                torch.testing.assert_close(grad, factor * mean[name], rtol=0, atol=1e-6, msg=f"{options} {name}")
+    group = InProcessGroup(1)
+    opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1),
+                                       named_parameters=net.named_parameters(), communicator=group.communicator(0),
+                                       compression=hvd.Compression.fp16, groups=groups)
+    backward(net)
+    opt.step()
+    sizes = {name: nbytes for _, name, _, nbytes in exchanges(group)}
+    assert sizes == {name: 2 * p.numel() for name, p in net.named_parameters()}, sizes
+    with pytest.warns(DeprecationWarning, match="num_groups"):
+        dense(model(), InProcessGroup(1).communicator(0), num_groups=2)
+
+
+def test_horovod_arguments_refused_by_name_before_training():
+    import horovod.torch as hvd
+
+    comm = InProcessGroup(1).communicator(0)
+    net = model()
+    for options, message in (
+            ({"op": hvd.Adasum}, r"op=Adasum is not supported by dgc; .*op=hvd.Average"),
+            ({"op": hvd.Max}, r"op=Max is not supported by dgc"),
+            ({"op": hvd.Sum, "gradient_predivide_factor": 2.0}, r"gradient_predivide_factor=2.0 needs op=hvd.Average"),
+            ({"gradient_predivide_factor": 0}, r"gradient_predivide_factor=0 must be a number > 0"),
+            ({"groups": -1}, r"groups=-1; expected an int > 0"),
+            ({"groups": [[torch.zeros(1)]]}, r"groups must be a list of lists of the optimizer's parameters"),
+            ({"groups": [[net[0].weight], [net[0].weight]]}, r"more than one of groups"),
+            ({"compression": hvd.compression.NoneCompressor()}, r"is a Horovod compressor; dgc takes"),
+            ({"process_set": [0, 1]}, r"process_set=\[0, 1\]; expected a horovod.torch ProcessSet"),
+            ({"nonfinite": None}, r"nonfinite=None; expected 'stop' .* or 'skip'"),
+            ({"nonfinite": "raise"}, r"nonfinite='raise'; expected 'stop'")):
+        with pytest.raises(ValueError, match=message):
+            dense(net, comm, **options)
+    assert not any(p._post_accumulate_grad_hooks for p in net.parameters()), "a refused wrap left hooks"
+
+
+def test_set_backward_passes_per_step_as_horovod():
+    """After set_backward_passes_per_step(2) two passes make one exchange; before it, one pass does."""
+    group = InProcessGroup(1)
+    net = model()
+    opt = dense(net, group.communicator(0))
+    opt.set_backward_passes_per_step(2)
+    assert opt.backward_passes_per_step == 2
+    backward(net, step=0)
+    assert exchanges(group) == []
+    backward(net, step=1)
+    assert len(exchanges(group)) == 4
+    opt.step()
+    with pytest.raises(ValueError, match=r"backward_passes_per_step=0 must be an int >= 1"):
+        opt.set_backward_passes_per_step(0)
+
+
+def embedding_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.ModuleDict({"emb": torch.nn.Embedding(50, 8, sparse=True), "out": torch.nn.Linear(8, 3)})
+
+
+def embedding_backward(net, rank, poison=False):
+    tokens = torch.tensor([[1, 2, 4, 5], [4, 3, 2, 9]]) if rank == 0 else torch.tensor([[1, 3, 4, 7], [4, 7, 9, 9]])
+    hidden = net["emb"](tokens).mean(1)
+    if poison:
+        hidden = hidden * float("nan")
+    net["out"](hidden).pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("sparse_as_dense,fused", [(False, False), (True, False), (False, True)])
+def test_sparse_gradients_exchanged_like_horovod(sparse_as_dense, fused):
+    """nn.Embedding(sparse=True): the average of every rank's sparse gradient (indices and values by allgather,
+    or densified), handed to the optimizer sparse, as Horovod does; SparseAdam then steps on it. The ranks'
+    sparse gradients differ in size, so they bypass a fused communicator."""
+    local = []
+    for rank in range(2):
+        net = embedding_model()
+        embedding_backward(net, rank)
+        local.append(net["emb"].weight.grad.to_dense())
+    nets = [embedding_model(), embedding_model()]
+
+    def worker(comm):
+        net = nets[comm.rank]
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SparseAdam(list(net["emb"].parameters()), lr=0.1),
+                                           named_parameters=net["emb"].named_parameters(),
+                                           communicator=FusedCommunicator(comm) if fused else comm,
+                                           sparse_as_dense=sparse_as_dense)
+        embedding_backward(net, comm.rank)
+        opt.synchronize()
+        grad = net["emb"].weight.grad
+        assert grad.is_sparse
+        with opt.skip_synchronize():
+            opt.step()
+        return grad.to_dense()
+
+    group = InProcessGroup(2)
+    for grad in group.run(worker):
+        torch.testing.assert_close(grad, (local[0] + local[1]) / 2, rtol=0, atol=1e-7)
+    gathered = {name for _, name, collective, _ in group.log if collective == "allgather"}
+    assert gathered == (set() if sparse_as_dense else {"weight.sparse_indices", "weight.sparse_values"})
+    assert torch.equal(nets[0]["emb"].weight, nets[1]["emb"].weight)
+
+
+def test_sparse_gradient_nonfinite_skipped_and_compressed_sparse_refused():
+    nets = [embedding_model(), embedding_model()]
+
+    def worker(comm):
+        net = nets[comm.rank]
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net["emb"].parameters(), lr=0.1),
+                                           named_parameters=net["emb"].named_parameters(), communicator=comm)
+        before = net["emb"].weight.detach().clone()
+        embedding_backward(net, comm.rank, poison=comm.rank == 1)
+        opt.step()
+        return opt.step_skipped, torch.equal(before, net["emb"].weight)
+
+    assert InProcessGroup(2).run(worker) == [(True, True), (True, True)]
+    net = embedding_model()
+    opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1),
+                                       named_parameters=net.named_parameters(),
+                                       compression=DGCCompressor(0.1, min_compress_numel=100),
+                                       communicator=InProcessGroup(1).communicator(0))
+    with pytest.raises(ValueError, match=r"gradient of 'emb.weight' is sparse .* is compressed.*sparse_as_dense=True"):
+        embedding_backward(net, 0)

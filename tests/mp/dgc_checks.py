@@ -8,6 +8,12 @@
 4. hvd.broadcast_optimizer_state on a fresh DGC optimizer runs no exchange and moves no parameter.
 5. A NaN batch on the last rank at step 3: the step is skipped on every rank, and the weights and residuals
    equal a run that left that step's batches out; with nonfinite="stop" every rank raises, none hangs.
+6. Horovod's resume pattern (rank 0 alone loads the checkpoint, then hvd.broadcast_parameters and
+   hvd.broadcast_optimizer_state) with SGD + momentum, Adam and a DGC memory: every rank ends with rank 0's
+   optimizer state, and the next steps agree across ranks (and, dense, with the run never interrupted).
+7. process_set as Horovod defines it (ranks outside neither hook nor exchange): the same weights as
+   hvd.DistributedOptimizer with that process set; sparse gradients (nn.Embedding(sparse=True)) with and
+   without sparse_as_dense: the same weights as hvd.DistributedOptimizer.
 """
 import copy
 
@@ -18,7 +24,7 @@ import dgc.horovod as dgc_hvd
 from dgc.compression import DGCCompressor
 from dgc.memory import DGCSGDMemory
 
-hvd.init()
+hvd.init(process_sets="dynamic")
 torch.manual_seed(0)
 RANK, SIZE = hvd.rank(), hvd.size()
 
@@ -177,6 +183,84 @@ def check_fresh_state_broadcast():
     assert opt.exchange.memory.buffers["velocities"] == {} and opt.last_exchange == {}, "an exchange ran"
 
 
+def check_resume_from_rank_zero(kind):
+    def build():
+        net = model()
+        if kind == "adam":
+            return net, dgc_hvd.DistributedOptimizer(torch.optim.Adam(net.parameters(), lr=1e-3),
+                                                     named_parameters=net.named_parameters())
+        sgd = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        options = {}
+        if kind == "dgc":
+            options = dict(compression=DGCCompressor(compress_ratio=0.05, min_compress_numel=1000),
+                           memory=DGCSGDMemory())
+        return net, dgc_hvd.DistributedOptimizer(sgd, named_parameters=net.named_parameters(), **options)
+
+    data = batches(6, seed_offset=11)
+    net, opt = build()
+    train(net, opt, data[:3])
+    checkpoint = copy.deepcopy({"model": net.state_dict(), "optimizer": opt.state_dict()})
+    train(net, opt, data[3:])
+    resumed_net, resumed = build()
+    if RANK == 0:
+        resumed_net.load_state_dict(checkpoint["model"])
+        resumed.load_state_dict(checkpoint["optimizer"])
+    hvd.broadcast_parameters(resumed_net.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(resumed, root_rank=0)
+    state = resumed.state_dict()["state"]
+    root = hvd.broadcast_object(state if RANK == 0 else None, root_rank=0, name=f"check.resume.{kind}")
+    assert state.keys() == root.keys() and len(state) > 0, (kind, sorted(state), sorted(root))
+    for key in state:
+        for field, value in state[key].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(root[key][field])), (kind, key, field)
+    train(resumed_net, resumed, data[3:])
+    for name, p in resumed_net.named_parameters():
+        everyone = hvd.allgather(p.detach().unsqueeze(0), name=f"check.resume.{kind}.{name}")
+        assert all(torch.equal(everyone[0], other) for other in everyone[1:]), (kind, name, "replicas differ")
+    if kind != "dgc":       # DGC's residuals and momenta are per rank: this resume restored rank 0's optimizer only
+        for (name, a), b in zip(resumed_net.named_parameters(), net.parameters()):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0), (kind, name, (a - b).abs().max().item())
+
+
+def check_process_set():
+    members = list(range(max(1, SIZE - 1)))
+    process_set = hvd.add_process_set(members)
+    ours, theirs = model(), model()
+    sgd = dict(lr=0.05, momentum=0.9)
+    opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(ours.parameters(), **sgd),
+                                       named_parameters=ours.named_parameters(), process_set=process_set)
+    ref_opt = hvd.DistributedOptimizer(torch.optim.SGD(theirs.parameters(), **sgd),
+                                       named_parameters=theirs.named_parameters(), process_set=process_set)
+    if RANK not in members:
+        assert not any(p._post_accumulate_grad_hooks for p in ours.parameters()), "a non-member hooked"
+    data = batches(3, seed_offset=5)
+    train(ours, opt, data)
+    train(theirs, ref_opt, data)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), (name, (a - b).abs().max().item())
+    hvd.remove_process_set(process_set)
+
+
+def check_sparse():
+    for sparse_as_dense in (False, True):
+        nets, opts = [], []
+        for make in (dgc_hvd.DistributedOptimizer, hvd.DistributedOptimizer):
+            torch.manual_seed(0)
+            nets.append(torch.nn.Embedding(40, 6, sparse=True))
+            opts.append(make(torch.optim.SGD(nets[-1].parameters(), lr=0.5), sparse_as_dense=sparse_as_dense,
+                             named_parameters=nets[-1].named_parameters()))
+        initial = nets[0].weight.detach().clone()
+        gen = torch.Generator().manual_seed(RANK)
+        for _ in range(3):
+            tokens = torch.randint(40, (4, 5), generator=gen)
+            for net, opt in zip(nets, opts):
+                opt.zero_grad()
+                net(tokens).pow(2).sum().backward()
+                opt.step()
+        assert torch.allclose(nets[0].weight, nets[1].weight, atol=1e-6, rtol=0), sparse_as_dense
+        assert not torch.equal(nets[0].weight, initial), "the embedding never moved"
+
+
 check_equivalence(nesterov=False)
 check_equivalence(nesterov=True)
 check_exchange_and_conservation(fp16=False)
@@ -184,4 +268,8 @@ check_exchange_and_conservation(fp16=True)
 check_accumulation()
 check_fresh_state_broadcast()
 check_nonfinite()
+for kind in ("sgd", "adam", "dgc"):
+    check_resume_from_rank_zero(kind)
+check_process_set()
+check_sparse()
 print(f"rank {RANK}/{SIZE}: dgc checks ok")
