@@ -24,3 +24,6 @@ class Communicator(Protocol):
 
     def wait(self, handle: Any):
         """Finish the collective and return its result tensor."""
+
+    # Optional: ``flush()``, for a communicator that holds payloads back to batch them (FusedCommunicator):
+    # start every queued payload now. The exchange calls it at the end of each phase of its finish.
