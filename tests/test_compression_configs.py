@@ -22,7 +22,7 @@ def results(tmp_path_factory):
     """{config: metrics.json, or None with the runs' output where it did not finish}."""
     out = tmp_path_factory.mktemp("configs")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    command = [sys.executable, "tests/mp/train_configs.py", str(out), "configs/digits/digitsnet.py",
+    command = [sys.executable, "tests/mp/train_configs.py", "--share", str(out), "configs/digits/digitsnet.py",
                "train.num_epochs=5", "--", *(f"configs/compression/{c}.py" for c in CONFIGS)]
     jobs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
