@@ -56,9 +56,11 @@ def run_name(cfg, config_files, world_size):
 
 
 def scaled_optimizer(cfg, model, world_size):
-    """The configured optimizer over ``model``, its lr multiplied by the workers with ``train.scale_lr_by_workers``."""
+    """The configured optimizer over ``model``: the dataset file's lr times ``train.lr_multiplier`` (a
+    compression file's, e.g. signSGD's unit-sign steps need 1/100), times the workers with
+    ``train.scale_lr_by_workers``."""
     scale = world_size if cfg.train.scale_lr_by_workers else 1
-    return cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * scale)
+    return cfg.train.optimizer(model.parameters(), lr=cfg.train.optimizer.lr * cfg.train.lr_multiplier * scale)
 
 
 def exchange_options(cfg):
@@ -301,6 +303,10 @@ def check_config(cfg):
     scale = cfg.train.amp_init_scale
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise ConfigError(f"config key 'train.amp_init_scale' must be a positive number, got {scale!r}")
+    multiplier = cfg.train.lr_multiplier
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 0 < multiplier < math.inf:
+        raise ConfigError(f"config key 'train.lr_multiplier' must be a positive finite number (the factor on "
+                          f"train.optimizer.lr), got {multiplier!r}")
     every = cfg.train.measure_error_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"config key 'train.measure_error_every' must be an int >= 0 (0: never), got {every!r}")

@@ -18,6 +18,7 @@ configs.train.num_epochs = 1
 configs.train.batch_size = 32           # per worker
 configs.train.backward_passes_per_step = 1
 configs.train.scale_lr_by_workers = True    # lr = optimizer.lr * number of workers (Goyal et al. 2017)
+configs.train.lr_multiplier = 1.0       # lr = optimizer.lr * this; a compression file sets it (signSGD: 0.01)
 configs.train.optimizer = Config(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
 configs.train.scheduler = Config(cosine_with_warmup, warmup_epochs=0)
 configs.train.compression = None        # None: Horovod's own dense allreduce (the baseline); else a compressor

@@ -24,9 +24,7 @@ run baseline
 dirs=("$OUT/baseline")
 for config in configs/compression/*.py; do
   name=$(basename "$config" .py)
-  extra=()
-  case $name in signsgd|signum) extra=("train.optimizer.lr=0.001");; esac
-  run "$name" "$config" "${extra[@]}"
+  run "$name" "$config"
   dirs+=("$OUT/$name")
 done
 .venv/bin/python scripts/compare.py "${dirs[@]}" --target 50 --plots "$OUT" --output "$OUT/table.md"
