@@ -14,6 +14,9 @@
 7. process_set as Horovod defines it (ranks outside neither hook nor exchange): the same weights as
    hvd.DistributedOptimizer with that process set; sparse gradients (nn.Embedding(sparse=True)) with and
    without sparse_as_dense: the same weights as hvd.DistributedOptimizer.
+8. A NaN *input* on the last rank of a BatchNorm model (DistributedOptimizer(..., model=net)): the skipped
+   step leaves every rank's parameters and buffers bit for bit as they were, and the run ends as one that
+   left that batch out.
 """
 import copy
 
@@ -170,6 +173,33 @@ def check_nonfinite():
         raise AssertionError("nonfinite='stop' did not stop")
 
 
+def check_nonfinite_input_restores_buffers():
+    def run(data, bad_step=None):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                  torch.nn.Linear(64, 5))
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
+                                           named_parameters=net.named_parameters(), memory=DGCSGDMemory(),
+                                           compression=DGCCompressor(0.05, min_compress_numel=1000), model=net)
+        for step, batch in enumerate(data):
+            before = copy.deepcopy(net.state_dict())
+            train(net, opt, [batch])
+            if step == bad_step:
+                assert opt.step_skipped
+                for key, value in net.state_dict().items():
+                    assert torch.equal(value, before[key]), key
+        return net.state_dict()
+
+    data = batches(5, seed_offset=11)
+    poisoned = [(x.clone(), y) for x, y in data]
+    if RANK == SIZE - 1:
+        poisoned[2][0][0, 0] = float("nan")
+    skipped, left_out = run(poisoned, bad_step=2), run(data[:2] + data[3:])
+    for key, value in skipped.items():     # within 1e-6, not bitwise: see check_nonfinite
+        assert torch.isfinite(value.float()).all() and torch.allclose(value.float(), left_out[key].float(),
+                                                                      atol=1e-6, rtol=0), key
+
+
 def check_fresh_state_broadcast():
     net = model()
     opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1),
@@ -268,6 +298,7 @@ check_exchange_and_conservation(fp16=True)
 check_accumulation()
 check_fresh_state_broadcast()
 check_nonfinite()
+check_nonfinite_input_restores_buffers()
 for kind in ("sgd", "adam", "dgc"):
     check_resume_from_rank_zero(kind)
 check_process_set()
