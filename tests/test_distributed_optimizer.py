@@ -106,6 +106,21 @@ def test_naming_and_argument_errors():
         dgc_hvd.DistributedOptimizer(opt, communicator=InProcessGroup(1).communicator(0))
 
 
+def test_parameter_names_as_horovods_attribute():
+    """Horovod's optimizer keeps ``_parameter_names`` (parameter -> name), which its own test suite reads:
+    every parameter named, the names unique, from named_parameters where given, else numbered alike on
+    every rank."""
+    for named in (None, "model"):
+        net = model()
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1),
+                                           named_parameters=net.named_parameters() if named else None,
+                                           communicator=InProcessGroup(1).communicator(0))
+        names = opt._parameter_names
+        assert set(names) == set(net.parameters()) and len(set(names.values())) == len(names)
+        if named:
+            assert names == {p: n for n, p in net.named_parameters()}
+
+
 def test_momentum_correction_needs_a_consistent_sgd():
     with pytest.raises(ValueError, match=r"momentum=0.5 but the optimizer has momentum=0.9"):
         wrap(model(), memory=DGCSGDMemory(momentum=0.5))

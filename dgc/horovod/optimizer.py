@@ -69,7 +69,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self.exchange = Exchange(trained, communicator, compression, memory, optimizer=self,
                                  dense_compressor=dense_compression, local=local_communicator,
                                  nonfinite=nonfinite, loss_scale=loss_scale)
-        self._name_of = name_of
+        self._parameter_names = name_of     # Horovod's name for it (its tests read it)
         self._buffers = _buffer_snapshot(model, params)
         self.backward_passes_per_step = _check_passes(backward_passes_per_step)
         self.process_set = process_set if process_set is not None else hvd.global_process_set
@@ -101,7 +101,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def _hook(self, p):
         if p in self._pending:
             raise AssertionError(
-                f"DistributedOptimizer: gradient of {self._name_of[p]!r} computed more than "
+                f"DistributedOptimizer: gradient of {self._parameter_names[p]!r} computed more than "
                 f"backward_passes_per_step={self.backward_passes_per_step} times before step(); raise "
                 "backward_passes_per_step to accumulate gradients locally")
         self._delay[p] -= 1
@@ -111,7 +111,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def _start(self, p):
         """Start ``p``'s exchange; a sparse gradient densified (``sparse_as_dense``) or, as Horovod sends it,
         as its indices and values by allgather (dense routes of a flat exchange only)."""
-        name, grad = self._name_of[p], p.grad
+        name, grad = self._parameter_names[p], p.grad
         if not grad.is_sparse:
             return self.exchange.start(name, grad)
         if self.sparse_as_dense:
