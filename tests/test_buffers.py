@@ -117,9 +117,35 @@ def test_snapshot_is_taken_once_per_step_and_only_with_gradients():
 
 def test_model_must_be_the_trained_module():
     net, other = bn_model(), bn_model()
-    with pytest.raises(ValueError, match="model= does not hold the optimizer's parameters"):
+    with pytest.raises(ValueError, match=r"model= \(Sequential\) does not hold the optimizer's parameters at positions \[0, 1, 2"):
         dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), named_parameters=net.named_parameters(),
                                      communicator=InProcessGroup(1).communicator(0), model=other)
     with pytest.raises(TypeError, match="model=.*must be a torch.nn.Module"):
         dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), named_parameters=net.named_parameters(),
                                      communicator=InProcessGroup(1).communicator(0), model="net")
+
+
+def test_a_stopped_step_restores_the_buffers_and_the_next_step_takes_a_new_snapshot():
+    """nonfinite="stop" rolls the step back and raises on every rank: the buffers go back too, and a caller
+    that catches the error and goes on gets a fresh snapshot at the next step (not the stopped step's)."""
+    net = bn_model()
+    opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1),
+                                       named_parameters=net.named_parameters(), nonfinite="stop", model=net,
+                                       communicator=InProcessGroup(1).communicator(0))
+    y = torch.zeros(4, dtype=torch.long)
+    start = state(net)
+    torch.nn.functional.cross_entropy(net(torch.full((4, 2, 6, 6), float("nan"))), y).backward()
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    assert_equal_states(state(net), start)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(torch.randn(4, 2, 6, 6)), y).backward()
+    opt.step()
+    good = state(net)
+    opt.nonfinite = "skip"
+    opt.exchange.nonfinite = "skip"
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(torch.full((4, 2, 6, 6), float("nan"))), y).backward()
+    opt.step()
+    assert opt.step_skipped
+    assert_equal_states(state(net), good)

@@ -466,3 +466,20 @@ def test_every_compressor_with_a_memory_takes_16bit_gradients(dtype):
 
         first, second = InProcessGroup(2).run(worker)
         assert all(torch.equal(a, b) for a, b in zip(first, second)), config
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_signum_momentum_is_float32_for_16bit_gradients(dtype):
+    """Signum's momentum is its memory: with 16-bit gradients it is kept in float32, so small gradients still
+    move it as the float64 recurrence does (a 16-bit momentum stalls where 0.9 m + 0.1 g rounds back to m)."""
+    compressor = SignumCompressor(beta=0.9, min_compress_numel=1)
+    ex = Exchange([("w", torch.nn.Parameter(torch.zeros(4, 8, dtype=dtype)))], InProcessGroup(1).communicator(0),
+                  compressor)
+    expected = 0.0
+    for step in range(60):
+        value = 1.0 if step == 0 else 1e-3
+        expected = 0.9 * expected + 0.1 * torch.tensor(value, dtype=dtype).item()
+        ex.finish([ex.start("w", torch.full((4, 8), value, dtype=dtype))])
+    momentum = compressor.state_dict()["momentum"]["w"]
+    assert momentum.dtype == torch.float32
+    assert momentum.view(-1)[0].item() == pytest.approx(expected, rel=1e-4)

@@ -375,12 +375,13 @@ def test_horovod_arguments_refused_by_name_before_training():
             ({"op": hvd.Sum, "gradient_predivide_factor": 2.0}, r"gradient_predivide_factor=2.0 needs op=hvd.Average"),
             ({"gradient_predivide_factor": 0}, r"gradient_predivide_factor=0 must be a number > 0"),
             ({"groups": -1}, r"groups=-1; expected an int > 0"),
-            ({"groups": [[torch.zeros(1)]]}, r"groups must be a list of lists of the optimizer's parameters"),
-            ({"groups": [[net[0].weight], [net[0].weight]]}, r"more than one of groups"),
+            ({"groups": [[torch.zeros(1)]]}, r"groups member 0 .*is Tensor, not one of the optimizer's parameters"),
+            ({"groups": [[net[0].weight], [net[0].weight]]}, r"groups member 1 .*shape \(64, 32\).* appears in more than one group"),
             ({"compression": hvd.compression.NoneCompressor()}, r"is a Horovod compressor; dgc takes"),
             ({"process_set": [0, 1]}, r"process_set=\[0, 1\]; expected a horovod.torch ProcessSet"),
             ({"nonfinite": None}, r"nonfinite=None; expected 'stop' .* or 'skip'"),
-            ({"nonfinite": "raise"}, r"nonfinite='raise'; expected 'stop'")):
+            ({"nonfinite": "raise"}, r"nonfinite='raise'; expected 'stop'"),
+            ({"hierarchical": (comm, None)}, r"communicator and hierarchical were both given; give at most one")):
         with pytest.raises(ValueError, match=message):
             dense(net, comm, **options)
     assert not any(p._post_accumulate_grad_hooks for p in net.parameters()), "a refused wrap left hooks"

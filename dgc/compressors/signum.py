@@ -23,11 +23,13 @@ class SignumCompressor(QuantizingCompressor):
 
     def compress(self, tensor, name):
         """The new momentum replaces the old one (computed out of place), so the exchange's snapshot of the
-        state for a skipped step is the state_dict itself, not a copy."""
+        state for a skipped step is the state_dict itself, not a copy. Kept in float32 (float64 for float64)
+        whatever the gradient dtype, as the memories are: 16 bits would round small steps of it away."""
+        dtype = torch.promote_types(tensor.dtype, torch.float32)
         momentum = self.momentum.get(name)
         if momentum is None:
-            momentum = torch.zeros_like(tensor)
-        momentum = self.momentum[name] = torch.lerp(momentum, tensor, 1 - self.beta)
+            momentum = torch.zeros_like(tensor, dtype=dtype)
+        momentum = self.momentum[name] = torch.lerp(momentum, tensor.to(dtype), 1 - self.beta)
         return super().compress(momentum, name)
 
     def encode(self, x):

@@ -53,9 +53,12 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if named_parameters is None:
             named_parameters = [(f"param.{i}", p) for i, p in enumerate(params)]
         named_parameters = list(named_parameters)
-        if any(not (isinstance(entry, tuple) and len(entry) == 2) for entry in named_parameters):
-            raise ValueError("DistributedOptimizer: named_parameters must be (name, parameter) pairs, as "
-                             "model.named_parameters() gives")
+        bad = [(i, entry) for i, entry in enumerate(named_parameters)
+               if not (isinstance(entry, tuple) and len(entry) == 2)]
+        if bad:
+            raise ValueError(f"DistributedOptimizer: named_parameters entry {bad[0][0]} is {type(bad[0][1]).__name__} "
+                             f"{str(bad[0][1])[:60]!r}; expected (name, parameter) pairs, as model.named_parameters() "
+                             "gives")
         names = [name for name, _ in named_parameters]
         if len(set(names)) != len(names):
             duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -182,7 +185,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._delay = dict.fromkeys(self._delay, self.backward_passes_per_step)
         self._synchronized = True
         self.exchange.collect()
-        self.step_skipped = self.exchange.end_step()
+        try:
+            self.step_skipped = self.exchange.end_step()
+        except FloatingPointError:      # "stop": the exchange rolled back, so do the buffers; the step is over
+            self._synchronized = False
+            if self._buffers is not None:
+                self._buffers.end_step(True)
+            raise
         if self._buffers is not None:
             self._buffers.end_step(self.step_skipped)
 
@@ -300,10 +309,17 @@ def _horovod_arguments(compression, dense_compression, op, gradient_predivide_fa
     if isinstance(groups, list):
         members = [p for group in groups for p in (group if isinstance(group, (list, tuple)) else [None])]
         known = {id(p) for p in params}
-        if any(not isinstance(p, torch.Tensor) or id(p) not in known for p in members):
-            raise ValueError("DistributedOptimizer: groups must be a list of lists of the optimizer's parameters")
-        if len({id(p) for p in members}) != len(members):
-            raise ValueError("DistributedOptimizer: a parameter appears in more than one of groups")
+        strangers = [i for i, p in enumerate(members) if not isinstance(p, torch.Tensor) or id(p) not in known]
+        if strangers:
+            raise ValueError(f"DistributedOptimizer: groups member {strangers[0]} (counted over all groups) is "
+                             f"{type(members[strangers[0]]).__name__}, not one of the optimizer's parameters; "
+                             "groups must be a list of lists of them")
+        seen = set()
+        for i, p in enumerate(members):
+            if id(p) in seen:
+                raise ValueError(f"DistributedOptimizer: groups member {i} (counted over all groups, shape "
+                                 f"{tuple(p.shape)}) appears in more than one group")
+            seen.add(id(p))
     elif isinstance(groups, bool) or not (isinstance(groups, int) and groups > 0):
         raise ValueError(f"DistributedOptimizer: groups={groups!r}; expected an int > 0 or a list of lists of "
                          "parameters")
@@ -362,9 +378,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
         raise ValueError(f"DistributedOptimizer: process_set={process_set!r}; expected a horovod.torch ProcessSet")
     local = None
     custom = process_set is not hvd.global_process_set
+    routes = [what for what, given in (("communicator", communicator is not None), ("process_set", custom),
+                                       ("hierarchical", bool(hierarchical))) if given]
+    if len(routes) > 1:
+        raise ValueError(f"DistributedOptimizer: {' and '.join(routes)} were both given; give at most one of "
+                         "communicator, process_set or hierarchical")
     if hierarchical:
-        if communicator is not None or custom:
-            raise ValueError("DistributedOptimizer: give one of communicator, process_set or hierarchical")
         if hierarchical is True:
             hierarchical = hierarchical_communicators()
         if not (isinstance(hierarchical, tuple) and len(hierarchical) == 2 and hierarchical != (None, None)):
@@ -374,8 +393,6 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
         communicator, local = hierarchical
     elif communicator is None:
         communicator = HorovodCommunicator(process_set)
-    elif custom:
-        raise ValueError("DistributedOptimizer: give one of communicator, process_set or hierarchical")
     base = optimizer.__class__
     cls = type(base.__name__, (_DistributedOptimizer, base), {"_base_class": base})
     scheduler_step = optimizer.__dict__.pop("step", None)
@@ -397,9 +414,13 @@ def _buffer_snapshot(model, params):
     """The :class:`BufferSnapshot` of ``model`` (None without one), which must hold every optimized parameter."""
     if model is None:
         return None
-    if isinstance(model, torch.nn.Module) and not set(params) <= set(model.parameters()):
-        raise ValueError("DistributedOptimizer: model= does not hold the optimizer's parameters; pass the model "
-                         "being trained (whose buffers a skipped step must restore)")
+    if isinstance(model, torch.nn.Module):
+        held = set(model.parameters())
+        outside = [i for i, p in enumerate(params) if p not in held]
+        if outside:
+            raise ValueError(f"DistributedOptimizer: model= ({type(model).__name__}) does not hold the optimizer's "
+                             f"parameters at positions {outside[:5]}; pass the model being trained (whose buffers "
+                             "a skipped step must restore)")
     return BufferSnapshot(model)
 
 

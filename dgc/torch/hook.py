@@ -34,8 +34,13 @@ class DGCHook:
     holds the first pass's average) the exchange is rolled back and redone with the local gradient of all
     the step's passes: kept for the compressed tensors (a copy of each per pass; the gradients of later
     passes are added to it by a tensor hook), while the dense ones are averaged as DDP averages them (an
-    average's average is itself). ``nonfinite`` must be "skip" or "stop" (None would raise on one rank
-    while the others wait in the exchange).
+    average's average is itself; with a ``loss_scale`` that is refused: the average is unscaled, the new
+    pass's gradient not, so accumulate under ``no_sync()``). A compressed parameter this rank did not use
+    in the step (``find_unused_parameters=True``) gets the exchange's average in its ``.grad`` at :meth:`step`
+    if it has one (DDP leaves a globally unused parameter's ``.grad`` as it was, so torch SGD would step
+    it with zeros while the memory already applied momentum and sent), and keeps its memory as it was if its
+    ``.grad`` is None (as torch SGD leaves it). ``nonfinite`` must be "skip" or "stop" (None would raise on
+    one rank while the others wait in the exchange).
     ``model.module``'s buffers are copied before each step's first forward (after DDP's buffer broadcast) and
     put back by :meth:`step` when the step was skipped (:class:`dgc.buffers.BufferSnapshot`)."""
 
@@ -56,6 +61,10 @@ class DGCHook:
         self._in_pass = False
         self._local = {}
         """Compressed parameter name -> the local gradient of the step's passes so far."""
+        self._views = {}
+        """Compressed parameter name -> its view into DDP's bucket, which holds the step's average."""
+        self._used = set()
+        """Compressed parameters whose gradient this rank computed in the current step."""
         for name, route in self.exchange.routes.items():
             if route.compressed:
                 route.param.register_hook(lambda grad, name=name: self._accumulate(name, grad))
@@ -71,12 +80,19 @@ class DGCHook:
         were before its first forward), else commit the memory and compressor changes (except for parameters
         whose ``.grad`` is None: no rank used them) and run the wrapped optimizer's update, with a plain
         ``p -= lr * grad`` for the tensors whose momentum and weight decay the memory applied (momentum
-        correction)."""
+        correction). A step without a synced backward pass is never a skipped one."""
         passes, self._passes = self._passes, 0
+        views, used, self._views, self._used = self._views, self._used, {}, set()
+        if not passes:
+            self.step_skipped = False
         self.buffers.end_step(self.step_skipped)
         if self.step_skipped:
             return
         if passes:
+            for name, view in views.items():
+                grad = self.exchange.routes[name].param.grad
+                if name not in used and grad is not None:
+                    grad.copy_(view.view_as(grad))
             self.exchange.commit(unused=[n for p, n in self.name_of.items() if p.grad is None])
         step_corrected(optimizer, lambda opt: opt.step(), self.exchange.corrected)   # as wrapped (lr schedulers)
 
@@ -88,6 +104,10 @@ class DGCHook:
         if redo and self.step_skipped:
             return self._end_pass(bucket, exchange=False)
         if redo and not self._in_pass:
+            if exchange.loss_scale is not None:
+                raise RuntimeError("DGCHook: a second synced backward pass before state.step() with a loss_scale: "
+                                   "DDP hands the hook the first pass's unscaled average plus the new pass's scaled "
+                                   "gradient; accumulate the step's earlier passes under ddp.no_sync()")
             exchange.rollback()
         self._in_pass = True
         pending = []
@@ -98,6 +118,7 @@ class DGCHook:
                     grad.copy_(self._local[name])
                 else:
                     self._keep_local(name, grad)
+                self._views[name] = grad
             pending.append(exchange.start(name, grad))
         exchange.finish(pending, closes_step=bucket.is_last())
         return self._end_pass(bucket)
@@ -109,7 +130,12 @@ class DGCHook:
             self._passes += 1
             if exchange:
                 self.exchange.collect()
-                self.step_skipped = self.exchange.end_step(commit=False)
+                try:
+                    self.step_skipped = self.exchange.end_step(commit=False)
+                except FloatingPointError:      # "stop": rolled back; the buffers too, and the step is over
+                    self._passes, self._views, self._used = 0, {}, set()
+                    self.buffers.end_step(True)
+                    raise
         future = torch.futures.Future()
         future.set_result(bucket.buffer())
         return future
@@ -121,7 +147,9 @@ class DGCHook:
         kept.copy_(grad)
 
     def _accumulate(self, name, grad):
-        """A parameter's tensor hook: after a pass was exchanged, add the new local gradient to the kept one."""
+        """A parameter's tensor hook: this rank used it in the step; after a pass was exchanged, add the new
+        local gradient to the kept one."""
+        self._used.add(name)
         if self._passes and name in self._local:
             self._local[name].add_(grad.reshape(self._local[name].shape))
 

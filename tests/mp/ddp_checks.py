@@ -139,9 +139,10 @@ class Branchy(torch.nn.Module):
         return self.head(h + torch.relu(self.branch(h)) if use_branch else h)
 
 
-def check_accumulation_and_unused(passes, no_sync, branch_on):
+def check_accumulation_and_unused(passes, no_sync, branch_on, set_to_none=True):
     """``passes`` backward passes per step (all but the last under ``no_sync()`` if ``no_sync``); the branch
-    is used in pass ``i`` of step ``s`` where ``branch_on(s, i)``: DDP + hook equals DDP + torch SGD."""
+    is used in pass ``i`` of step ``s`` where ``branch_on(s, i)``: DDP + hook equals DDP + torch SGD (with
+    ``set_to_none=False`` an unused branch keeps a zero ``.grad``, which torch SGD steps with momentum)."""
     data = batches(10 * passes)
 
     def run(hooked_run):
@@ -154,7 +155,7 @@ def check_accumulation_and_unused(passes, no_sync, branch_on):
             net.register_comm_hook(state, dgc_hook)
             assert {n for n, r in state.exchange.routes.items() if r.compressed} == {"trunk.weight", "branch.weight"}
         for step in range(10):
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=set_to_none)
             for i in range(passes):
                 x, y = data[step * passes + i]
                 with net.no_sync() if no_sync and i < passes - 1 else contextlib.nullcontext():
@@ -218,11 +219,72 @@ def check_nonfinite_input_restores_buffers():
         assert torch.equal(value, left_out[key]), key
 
 
+def check_loss_scale_redo_is_refused():
+    """With a loss scale, a second synced backward before state.step() cannot be redone (DDP hands the hook
+    the first pass's unscaled average plus the new pass's scaled gradient): every rank raises, none hangs."""
+    from dgc.amp import LossScale
+    net = DDP(model())
+    opt = sgd(net.module)
+    state = DGCHook(net, opt, compression=DGCCompressor(0.5, min_compress_numel=1000), memory=DGCSGDMemory(),
+                    loss_scale=LossScale(1024.0))
+    net.register_comm_hook(state, dgc_hook)
+    (x, y), (x2, y2) = batches(2)
+    (torch.nn.functional.cross_entropy(net(x), y) * 1024).backward()
+    try:
+        (torch.nn.functional.cross_entropy(net(x2), y2) * 1024).backward()
+    except RuntimeError as error:
+        assert "accumulate the step's earlier passes under ddp.no_sync()" in str(error), error
+    else:
+        raise AssertionError("a second synced backward with a loss scale was accepted")
+
+
+def check_stop_and_forward_only_steps_leave_the_buffers_right():
+    """A "stop" raised in the hook puts the buffers back and ends the step (the next step snapshots anew);
+    a step after a skipped one that runs a forward but no backward is not skipped (its buffers stay)."""
+    def bn_net(nonfinite):
+        torch.manual_seed(0)
+        net = DDP(torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 5)))
+        opt = sgd(net.module)
+        state = DGCHook(net, opt, compression=DGCCompressor(0.5, min_compress_numel=1000), memory=DGCSGDMemory(),
+                        nonfinite=nonfinite)
+        net.register_comm_hook(state, dgc_hook)
+        return net, opt, state
+
+    (x, y), (x2, y2) = batches(2)
+    bad = x.clone()
+    if RANK == SIZE - 1:
+        bad[0, 0] = float("nan")
+    net, opt, state = bn_net("stop")
+    before = copy.deepcopy(net.module.state_dict())
+    try:
+        torch.nn.functional.cross_entropy(net(bad), y).backward()
+    except FloatingPointError:
+        pass
+    else:
+        raise AssertionError("nonfinite='stop' did not stop")
+    for key, value in net.module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    net, opt, state = bn_net("skip")
+    torch.nn.functional.cross_entropy(net(bad), y).backward()
+    state.step(opt)
+    assert state.step_skipped
+    opt.zero_grad()
+    net(x2)
+    moved = copy.deepcopy(net.module.state_dict())
+    state.step(opt)
+    assert not state.step_skipped
+    for key, value in net.module.state_dict().items():
+        assert torch.equal(value, moved[key]), key
+
+
 if SIZE == 2:       # what follows does not depend on the world size: one launch is enough
     check_a_direct_optimizer_step_is_refused()
+    check_loss_scale_redo_is_refused()
+    check_stop_and_forward_only_steps_leave_the_buffers_right()
     check_accumulation_and_unused(2, no_sync=True, branch_on=lambda step, i: True)
     check_accumulation_and_unused(2, no_sync=False, branch_on=lambda step, i: True)
     check_accumulation_and_unused(1, no_sync=False, branch_on=lambda step, i: step % 3 == 0)
+    check_accumulation_and_unused(1, no_sync=False, branch_on=lambda step, i: step % 3 == 0, set_to_none=False)
     check_accumulation_and_unused(3, no_sync=False, branch_on=lambda step, i: step % 2 == 0 and i == 1)
 
 
