@@ -5,6 +5,7 @@ import torch
 
 from dgc.compressors.packing import pack, unpack
 from dgc.compressors.quantize import QuantizingCompressor
+from dgc.memory import buffer_dtype
 
 
 class SignumCompressor(QuantizingCompressor):
@@ -25,7 +26,7 @@ class SignumCompressor(QuantizingCompressor):
         """The new momentum replaces the old one (computed out of place), so the exchange's snapshot of the
         state for a skipped step is the state_dict itself, not a copy. Kept in float32 (float64 for float64)
         whatever the gradient dtype, as the memories are: 16 bits would round small steps of it away."""
-        dtype = torch.promote_types(tensor.dtype, torch.float32)
+        dtype = buffer_dtype(tensor.dtype)
         momentum = self.momentum.get(name)
         if momentum is None:
             momentum = torch.zeros_like(tensor, dtype=dtype)

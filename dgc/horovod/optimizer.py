@@ -17,9 +17,9 @@ import horovod.torch as hvd
 import torch
 from horovod.torch.compression import Compressor as HorovodCompressor
 
+from dgc.buffers import BufferSnapshot
 from dgc.compressors.base import Payload
 from dgc.compressors.fp16 import FP16Compressor
-from dgc.buffers import BufferSnapshot
 from dgc.exchange import Exchange, _check_gradient
 from dgc.fused import FusedCommunicator
 from dgc.horovod.communicator import HorovodCommunicator, hierarchical_communicators

@@ -81,8 +81,7 @@ class DGCHook:
         whose ``.grad`` is None: no rank used them) and run the wrapped optimizer's update, with a plain
         ``p -= lr * grad`` for the tensors whose momentum and weight decay the memory applied (momentum
         correction). A step without a synced backward pass is never a skipped one."""
-        passes, self._passes = self._passes, 0
-        views, used, self._views, self._used = self._views, self._used, {}, set()
+        passes, views, used = self._close()
         if not passes:
             self.step_skipped = False
         self.buffers.end_step(self.step_skipped)
@@ -133,12 +132,18 @@ class DGCHook:
                 try:
                     self.step_skipped = self.exchange.end_step(commit=False)
                 except FloatingPointError:      # "stop": rolled back; the buffers too, and the step is over
-                    self._passes, self._views, self._used = 0, {}, set()
+                    self._close()
                     self.buffers.end_step(True)
                     raise
         future = torch.futures.Future()
         future.set_result(bucket.buffer())
         return future
+
+    def _close(self):
+        """End the step's bookkeeping; return its synced passes, bucket views and the parameters this rank used."""
+        closed = self._passes, self._views, self._used
+        self._passes, self._views, self._used = 0, {}, set()
+        return closed
 
     def _keep_local(self, name, grad):
         kept = self._local.get(name)
