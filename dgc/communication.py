@@ -27,3 +27,8 @@ class Communicator(Protocol):
 
     # Optional: ``flush()``, for a communicator that holds payloads back to batch them (FusedCommunicator):
     # start every queued payload now. The exchange calls it at the end of each phase of its finish.
+    # Optional: ``future(handle)`` -> torch.futures.Future whose value is the result tensor ``wait(handle)``
+    # returns (a batching communicator starts its queue then); its callbacks may run on the collective
+    # library's own thread (Gloo) or at once (NCCL). Used by Exchange.finish_future (the overlapping DDP hook).
+    # Optional: ``twin()`` -> a communicator over the same workers whose collectives are matched apart from
+    # this one's (torch: a second process group, made once): where finish_future starts later rounds.

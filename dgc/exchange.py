@@ -16,6 +16,7 @@ base :class:`~dgc.compressors.Compressor` (or a given dense compressor, e.g. fp1
 :meth:`Exchange.start` and :meth:`Exchange.finish`.
 """
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -209,22 +210,81 @@ class Exchange:
             _flush(self.communicator)
             next_round = []
             for p in pending:
-                result = self.communicator.wait(p.handle)
-                started = time.perf_counter()
-                buffer = p.out.view(-1) if p.out.is_contiguous() else None
-                decoded = p.route.compressor.decompress(result, p.ctx, buffer)
-                self.stats["decompress_s"] += time.perf_counter() - started
-                if isinstance(decoded, tuple):
-                    payload, ctx = decoded
-                    if payload.sent is not None:
-                        p.route.memory.update(p.route.name, payload.sent)
-                    next_round.append(self._send(p.route, payload, ctx, p.out, p.reference))
-                    continue
-                if decoded.data_ptr() != p.out.data_ptr():
-                    p.out.copy_(decoded.reshape(p.out.shape))
-                if p.reference is not None:
+                following = self._decode(p, self.communicator.wait(p.handle), self.communicator)
+                if following is not None:
+                    next_round.append(following)
+                elif p.reference is not None:
                     self._measure(p.out, self.communicator.wait(p.reference))
             pending = next_round
+
+    def _decode(self, p, result, communicator):
+        """Decompress one exchange's ``result``: its average into ``p.out`` (returns None), or, for a multi-round
+        compressor, its next round started on ``communicator`` (returns its :class:`Pending`)."""
+        started = time.perf_counter()
+        buffer = p.out.view(-1) if p.out.is_contiguous() else None
+        decoded = p.route.compressor.decompress(result, p.ctx, buffer)
+        self.stats["decompress_s"] += time.perf_counter() - started
+        if isinstance(decoded, tuple):
+            payload, ctx = decoded
+            if payload.sent is not None:
+                p.route.memory.update(p.route.name, payload.sent)
+            return self._send(p.route, payload, ctx, p.out, p.reference, communicator)
+        if decoded.data_ptr() != p.out.data_ptr():
+            p.out.copy_(decoded.reshape(p.out.shape))
+        return None
+
+    def finish_future(self, pending, closes_step=True, after=None, lock=None, value=None):
+        """:meth:`finish` without waiting (flat exchange; the communicator has ``future`` and ``twin``): return a
+        torch.futures.Future that completes with ``value`` once every exchange in ``pending`` has decoded its
+        average into its ``out``. ``closes_step``: the step's flag starts first, as in :meth:`finish`.
+
+        Decoding runs in the communication's callbacks, holding ``lock`` (the caller holds it while it starts
+        exchanges, so the statistics, memory and compressor state are never changed by two threads at once),
+        and waits for ``after`` too (the previous call's future, or None). A multi-round compressor's later
+        rounds start on ``communicator.twin()``, nowhere else. Ordering argument: the main communicator's
+        collectives start only on the caller's thread, in its order; each batch of the twin's starts in the
+        callback that follows the completion of the batch before it (this call's previous round, or ``after``,
+        which completes only once the previous call's last round did), so the twin's collectives start in
+        one sequence (call order, round order, ``pending``'s order), the same on every rank, whatever thread
+        or moment the callbacks run at. Each callback ``wait``s its futures, so on CUDA its kernels follow
+        the communication's stream, and the returned future records the stream the last decode ran on."""
+        if self.local is not None:
+            raise ValueError("Exchange.finish_future: the hierarchical exchange (local=...) finishes with finish()")
+        lock = lock if lock is not None else threading.RLock()
+        devices = [value.device] if isinstance(value, torch.Tensor) and value.device.type != "cpu" else None
+        done = torch.futures.Future(devices=devices)
+        with lock:
+            if self.nonfinite is not None and self._flag is None and closes_step:
+                self._flag = self._start_flag()
+        twin, measured = self.communicator.twin(), {}
+        references = [(p.route.name, self.communicator.future(p.reference)) for p in pending if p.reference is not None]
+
+        def round_done(pending, gathered):
+            try:
+                results = [f.wait() for f in gathered.wait()]
+                for name, future in references:       # all complete: they were in the first round's futures
+                    measured[name] = future.wait()
+                with lock:
+                    next_round = []
+                    for p, result in zip(pending, results):
+                        following = self._decode(p, result, twin)
+                        if following is not None:
+                            next_round.append(following)
+                        elif p.reference is not None:
+                            self._measure(p.out, measured[p.route.name])
+                if next_round:
+                    start_round(twin, next_round, [])
+                else:
+                    done.set_result(value)
+            except BaseException as error:      # the caller's future must complete, or DDP waits forever
+                done.set_exception(error)
+
+        def start_round(communicator, pending, extra):
+            waits = [communicator.future(p.handle) for p in pending] + extra
+            torch.futures.collect_all(waits).add_done_callback(lambda f: round_done(pending, f))
+
+        start_round(self.communicator, pending, ([after] if after is not None else []) + [f for _, f in references])
+        return done
 
     def _broadcast(self, route, out):
         """Start the leader's average (in ``out``) to the other ranks of its host; return the handle."""
@@ -266,13 +326,13 @@ class Exchange:
                     decay = (route.param.detach().reshape(-1), group["weight_decay"])
         return flat, decay
 
-    def _send(self, route, payload, ctx, out, reference=None):
+    def _send(self, route, payload, ctx, out, reference=None, communicator=None):
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
         self.stats["values_sent"] += payload.num_values
         self.stats["collectives"] += 1
         if self._kind is None or route.name < self._kind[0]:
             self._kind = (route.name, payload.collective, payload.tensor.dtype, payload.tensor.device)
-        return Pending(route, self.communicator.start(payload, route.name), ctx, out, reference)
+        return Pending(route, (communicator or self.communicator).start(payload, route.name), ctx, out, reference)
 
     def end_step(self, commit=True):
         """Close a step's exchange (``nonfinite`` set; call on every rank after :meth:`finish`): agree

@@ -8,14 +8,23 @@ DDP hands the hook flat buckets of gradients; the hook maps each bucket back to 
 (``bucket.parameters()`` / ``bucket.gradients()``, views into the bucket) and runs the exchange per parameter,
 so a bucket's tensors are compressed exactly as under Horovod (the same routing, residuals keyed by
 parameter name, the same checkpoints): compressing a whole bucket instead would select across unrelated
-layers and tie the residuals to DDP's bucket layout, which changes with ``bucket_cap_mb``. The hook runs a
-bucket's exchange to the end and returns a completed future: the backward pass waits for each bucket's
-exchange (with the fused exchange the collectives of a bucket travel together).
+layers and tie the residuals to DDP's bucket layout, which changes with ``bucket_cap_mb``.
+
+The hook overlaps as DDP's own allreduce does: it compresses a bucket and starts its collectives on the
+backward pass's thread, and returns a future chained on their completion (``work.get_future()``), which
+decodes the average into the bucket; meanwhile the backward pass computes the next buckets. A multi-round
+compressor's later rounds (PowerSGD's Q) start from those callbacks on a second process group, in bucket
+order (:meth:`dgc.exchange.Exchange.finish_future` gives the argument why every rank starts them alike).
+With the fused exchange each bucket's payloads leave together, one fused collective per kind and bucket.
+``overlap=False`` (or a communicator without ``future`` and ``twin``) runs each bucket's exchange to the end
+inside the hook and returns a completed future, as before; the results are the same bits.
 
 A step is one transaction, closed by ``state.step(optimizer)``: further synced backward passes before it
 (gradient accumulation without ``no_sync()``) redo the step's exchange from its start with the accumulated
 local gradient, and a parameter left without a gradient (a branch no rank used) keeps its memory as it was.
 """
+import threading
+
 import torch
 
 from dgc.buffers import BufferSnapshot
@@ -42,10 +51,17 @@ class DGCHook:
     ``.grad`` is None (as torch SGD leaves it). ``nonfinite`` must be "skip" or "stop" (None would raise on
     one rank while the others wait in the exchange).
     ``model.module``'s buffers are copied before each step's first forward (after DDP's buffer broadcast) and
-    put back by :meth:`step` when the step was skipped (:class:`dgc.buffers.BufferSnapshot`)."""
+    put back by :meth:`step` when the step was skipped (:class:`dgc.buffers.BufferSnapshot`).
+
+    A pass's end (its statistics into ``last_exchange``, the agreement whether any rank had a non-finite
+    gradient: ``step_skipped``, or "stop"'s FloatingPointError) comes once every bucket is done: at
+    :meth:`step`, or at the next synced pass's first bucket (DDP waited for every bucket's future before
+    either). ``overlap``: start each bucket's exchange and return a future of it (needs the communicator's
+    ``future`` and ``twin``; the twin, a second process group for later rounds, is made here, so every rank
+    must construct the hook alike); False: finish it inside the hook."""
 
     def __init__(self, model, optimizer, compression=None, memory=None, communicator=None, dense_compression=None,
-                 nonfinite="skip", loss_scale=None):
+                 nonfinite="skip", loss_scale=None, overlap=True):
         if nonfinite not in ("skip", "stop"):
             raise ValueError(f"DGCHook: nonfinite={nonfinite!r}; use 'skip' or 'stop' (None raises on the rank "
                              "with the non-finite gradient while the other ranks wait in the exchange)")
@@ -54,6 +70,16 @@ class DGCHook:
         self.exchange = Exchange(named, communicator or TorchCommunicator(), compression, memory, optimizer=optimizer,
                                  dense_compressor=dense_compression, nonfinite=nonfinite, loss_scale=loss_scale)
         self.name_of = {p: n for n, p in named}
+        communicator = self.exchange.communicator
+        self.overlap = overlap and hasattr(communicator, "future") and hasattr(communicator, "twin")
+        if self.overlap:
+            communicator.twin()     # a collective call: here, alike on every rank, never inside a pass
+        self._lock = threading.RLock()
+        """Held while the backward pass starts a bucket's exchanges and while a callback decodes one."""
+        self._last = None
+        """The future of the current pass's latest bucket (the next bucket's exchange decodes after it)."""
+        self._unagreed = False
+        """A pass was exchanged whose end (statistics, non-finite agreement) is still to come."""
         self.buffers = BufferSnapshot(module)
         self.step_skipped = False
         self._passes = 0
@@ -81,6 +107,7 @@ class DGCHook:
         whose ``.grad`` is None: no rank used them) and run the wrapped optimizer's update, with a plain
         ``p -= lr * grad`` for the tensors whose momentum and weight decay the memory applied (momentum
         correction). A step without a synced backward pass is never a skipped one."""
+        self._end_pass()
         passes, views, used = self._close()
         if not passes:
             self.step_skipped = False
@@ -96,12 +123,15 @@ class DGCHook:
         step_corrected(optimizer, lambda opt: opt.step(), self.exchange.corrected)   # as wrapped (lr schedulers)
 
     def exchange_bucket(self, bucket):
-        """Exchange ``bucket``'s gradients (the averages written into it); a further synced pass of a step
-        first rolls the step back and exchanges the accumulated local gradients instead; a pass of a step
-        already skipped exchanges nothing (every rank knows it was skipped)."""
+        """Start (``overlap``; else run) the exchange of ``bucket``'s gradients, the averages written into it,
+        and return the future of the bucket; a further synced pass of a step first ends the pass before, then
+        rolls the step back and exchanges the accumulated local gradients instead; a pass of a step already
+        skipped exchanges nothing (every rank knows it was skipped)."""
         exchange, redo = self.exchange, self._passes > 0
+        if redo and not self._in_pass:
+            self._end_pass()
         if redo and self.step_skipped:
-            return self._end_pass(bucket, exchange=False)
+            return self._bucket_done(bucket, _completed(bucket.buffer()))
         if redo and not self._in_pass:
             if exchange.loss_scale is not None:
                 raise RuntimeError("DGCHook: a second synced backward pass before state.step() with a loss_scale: "
@@ -109,35 +139,48 @@ class DGCHook:
                                    "gradient; accumulate the step's earlier passes under ddp.no_sync()")
             exchange.rollback()
         self._in_pass = True
-        pending = []
-        for p, grad in zip(bucket.parameters(), bucket.gradients()):
-            name = self.name_of[p]
-            if exchange.routes[name].compressed:
-                if redo:
-                    grad.copy_(self._local[name])
-                else:
-                    self._keep_local(name, grad)
-                self._views[name] = grad
-            pending.append(exchange.start(name, grad))
-        exchange.finish(pending, closes_step=bucket.is_last())
-        return self._end_pass(bucket)
+        with self._lock:
+            pending = []
+            for p, grad in zip(bucket.parameters(), bucket.gradients()):
+                name = self.name_of[p]
+                if exchange.routes[name].compressed:
+                    if redo:
+                        grad.copy_(self._local[name])
+                    else:
+                        self._keep_local(name, grad)
+                    self._views[name] = grad
+                pending.append(exchange.start(name, grad))
+            if self.overlap:
+                future = exchange.finish_future(pending, closes_step=bucket.is_last(), after=self._last,
+                                                lock=self._lock, value=bucket.buffer())
+            else:
+                exchange.finish(pending, closes_step=bucket.is_last())
+                future = _completed(bucket.buffer())
+        self._unagreed = True
+        return self._bucket_done(bucket, future)
 
-    def _end_pass(self, bucket, exchange=True):
-        """After the pass's last bucket: close the pass's statistics and agree whether to skip the step."""
+    def _bucket_done(self, bucket, future):
+        """Note the bucket's future; after the pass's last bucket the pass is over (its end comes later)."""
+        self._last = future
         if bucket.is_last():
             self._in_pass = False
             self._passes += 1
-            if exchange:
-                self.exchange.collect()
-                try:
-                    self.step_skipped = self.exchange.end_step(commit=False)
-                except FloatingPointError:      # "stop": rolled back; the buffers too, and the step is over
-                    self._close()
-                    self.buffers.end_step(True)
-                    raise
-        future = torch.futures.Future()
-        future.set_result(bucket.buffer())
+            self._last = None
         return future
+
+    def _end_pass(self):
+        """End an exchanged pass once every bucket is done: close its statistics and agree whether to skip
+        the step (on every rank: one tiny collective)."""
+        if not self._unagreed:
+            return
+        self._unagreed = False
+        self.exchange.collect()
+        try:
+            self.step_skipped = self.exchange.end_step(commit=False)
+        except FloatingPointError:      # "stop": rolled back; the buffers too, and the step is over
+            self._close()
+            self.buffers.end_step(True)
+            raise
 
     def _close(self):
         """End the step's bookkeeping; return its synced passes, bucket views and the parameters this rank used."""
@@ -173,6 +216,12 @@ class DGCHook:
 
 
 def dgc_hook(state, bucket):
-    """Exchange every gradient of ``bucket`` through ``state`` (:meth:`DGCHook.exchange_bucket`); after the
-    last bucket of a pass, close the pass (statistics, the agreed non-finite decision)."""
+    """Exchange every gradient of ``bucket`` through ``state`` (:meth:`DGCHook.exchange_bucket`); return the
+    future DDP waits for before it hands the gradients to the optimizer."""
     return state.exchange_bucket(bucket)
+
+
+def _completed(value):
+    future = torch.futures.Future()
+    future.set_result(value)
+    return future

@@ -239,7 +239,7 @@ def check_loss_scale_redo_is_refused():
 
 
 def check_stop_and_forward_only_steps_leave_the_buffers_right():
-    """A "stop" raised in the hook puts the buffers back and ends the step (the next step snapshots anew);
+    """A "stop" (raised by state.step(), once every bucket is done) puts the buffers back and ends the step (the next step snapshots anew);
     a step after a skipped one that runs a forward but no backward is not skipped (its buffers stay)."""
     def bn_net(nonfinite):
         torch.manual_seed(0)
@@ -256,8 +256,9 @@ def check_stop_and_forward_only_steps_leave_the_buffers_right():
         bad[0, 0] = float("nan")
     net, opt, state = bn_net("stop")
     before = copy.deepcopy(net.module.state_dict())
+    torch.nn.functional.cross_entropy(net(bad), y).backward()
     try:
-        torch.nn.functional.cross_entropy(net(bad), y).backward()
+        state.step(opt)
     except FloatingPointError:
         pass
     else:
