@@ -12,18 +12,25 @@
    optimizer.step() in place of state.step(optimizer) is refused before it changes anything.
 6. A NaN input on the last rank of a BatchNorm model: skipped with every rank's parameters and buffers
    unchanged, and bitwise equal to a run without that batch (the hook's BufferSnapshot).
+7. (2 ranks) The overlapping hook (the default) gives the synchronous hook's (overlap=False) bits on a
+   BatchNorm model in several DDP buckets, for DGC, PowerSGD (two rounds, a measured step), fp16 (dense) and
+   fused DGC; and it overlaps: with rank 1 late, rank 0's last bucket starts while its first is in flight.
 """
 import contextlib
 import copy
+import time
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dgc.compressors.dgc import DGCCompressor
+from dgc.compressors.fp16 import FP16Compressor
+from dgc.compressors.powersgd import PowerSGDCompressor
 from dgc.compressors.topk import TopKCompressor
+from dgc.fused import FusedCommunicator
 from dgc.memory import DGCSGDMemory, ResidualMemory
-from dgc.torch import DGCHook, close_process_group, dgc_hook
+from dgc.torch import DGCHook, TorchCommunicator, close_process_group, dgc_hook
 
 dist.init_process_group("gloo")
 RANK, SIZE = dist.get_rank(), dist.get_world_size()
@@ -278,7 +285,62 @@ def check_stop_and_forward_only_steps_leave_the_buffers_right():
         assert torch.equal(value, moved[key]), key
 
 
+def check_overlap_gives_the_synchronous_bits():
+    def conv_bn():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(16, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(256, 10))
+
+    gen = torch.Generator().manual_seed(1000 * RANK)
+    data = [(torch.randn(8, 3, 8, 8, generator=gen), torch.randint(10, (8,), generator=gen)) for _ in range(4)]
+    configs = {"dgc": lambda: dict(compression=DGCCompressor(0.05, min_compress_numel=256), memory=DGCSGDMemory()),
+               "powersgd": lambda: dict(compression=PowerSGDCompressor(2, min_compress_numel=256),
+                                        memory=ResidualMemory()),
+               "fp16": lambda: dict(dense_compression=FP16Compressor()),
+               "dgc fused": lambda: dict(compression=DGCCompressor(0.05, min_compress_numel=256),
+                                         memory=DGCSGDMemory(), communicator=FusedCommunicator(TorchCommunicator()))}
+
+    def run(config, overlap, late=False):
+        net = DDP(conv_bn(), bucket_cap_mb=0.004)       # 4 kB: the three weights in buckets of their own
+        opt = sgd(net.module)
+        state = DGCHook(net, opt, overlap=overlap, **configs[config]())
+        futures, in_flight = [], []
+
+        def watching(state, bucket):
+            if bucket.index() == 0:
+                futures.clear()
+            if bucket.is_last():
+                in_flight.append(sum(not f.done() for f in futures))
+            futures.append(dgc_hook(state, bucket))
+            return futures[-1]
+        net.register_comm_hook(state, watching)
+        for step, (x, y) in enumerate(data):
+            state.exchange.measure_error = step == 2
+            opt.zero_grad()
+            out = net(x)
+            if late and RANK == 1:      # rank 1's gradients come late: rank 0's first bucket waits for them
+                out.register_hook(lambda g: time.sleep(0.3))
+            torch.nn.functional.cross_entropy(out, y).backward()
+            state.step(opt)
+            if step == 2 and config == "powersgd":
+                assert state.last_exchange["relative_error"] is not None
+        assert len(futures) >= 3, f"{config}: {len(futures)} DDP buckets; the check needs several"
+        return net.module.state_dict(), state.last_exchange, in_flight
+
+    for config in configs:
+        (overlapped, stats, _), (synchronous, sync_stats, _) = run(config, True), run(config, False)
+        for key, value in synchronous.items():
+            assert torch.equal(value, overlapped[key]), (config, key, (value - overlapped[key]).abs().max())
+        assert stats["bytes_sent"] == sync_stats["bytes_sent"], (config, stats, sync_stats)
+    in_flight = run("powersgd", True, late=True)[2]
+    if RANK == 0:       # from the second step on (DDP rebuilds its buckets in the first step's order after it)
+        assert all(n > 0 for n in in_flight[1:]), f"no bucket in flight when the last one started: {in_flight}"
+    assert run("dgc", False, late=True)[2] == [0] * len(data)   # the synchronous hook: each bucket done in it
+
+
 if SIZE == 2:       # what follows does not depend on the world size: one launch is enough
+    check_overlap_gives_the_synchronous_bits()
     check_a_direct_optimizer_step_is_refused()
     check_loss_scale_redo_is_refused()
     check_stop_and_forward_only_steps_leave_the_buffers_right()
