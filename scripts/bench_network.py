@@ -4,7 +4,7 @@ method against the compute-only limit, in one run.
 
 Usage (root: namespaces, veth and tc need it):
   .venv/bin/python scripts/bench_network.py [--workers 2,4] [--rates 10mbit,100mbit,1gbit,none]
-      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused,dgc_hier]
+      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused,dgc_hier,ddp_dgc,ddp_dgc_sync]
       [--ranks-per-host R] [--steps MODEL=N,...]
 
 Workers start exactly as on separate hosts (Gloo, a rendezvous server in the root namespace, no ssh); each
@@ -13,6 +13,10 @@ gethostname() (127.0.0.1 here) instead of honouring HOROVOD_GLOO_IFACE. Namespac
 processes are always removed: on success, on failure and on Ctrl-C (also left-overs of a killed run, at
 start). tbf limits the rate only: netem (delay) is not available on this kernel, so latency is not added;
 the table counts collectives per step so the cost of a given per-collective latency can be worked out.
+
+ddp_dgc / ddp_dgc_sync: dgc_fused's format through DDP's communication hook (torch.distributed Gloo over the
+same links, rendezvous at rank 0's address, buckets of at most 1 MB), with the overlapping hook (each bucket's
+exchange leaves while the backward pass computes the next) and with the synchronous one (``overlap=False``).
 """
 import argparse
 import json
@@ -32,10 +36,10 @@ PREFIX = "dgcnet"
 SUBNET = "10.77.0"
 BRIDGE_IP = f"{SUBNET}.1"
 IFACE = "dgceth"                      # each worker namespace's link, the same name in every namespace
-METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused", "dgc_hier")
+METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused", "dgc_hier", "ddp_dgc", "ddp_dgc_sync")
 LABELS = {"limit": "compute only", "dense": "dense fp32 (Horovod)", "fp16": "fp16 (Horovod)",
           "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused+compact",
-          "dgc_hier": "DGC hierarchical"}
+          "dgc_hier": "DGC hierarchical", "ddp_dgc": "DGC fused, DDP hook", "ddp_dgc_sync": "DGC fused, DDP hook sync"}
 """dgc_hier: dgc_fused's format, averaged densely within a host, compressed between hosts at 0.001 x ranks per
 host (the flat exchange's update density; configs/dgc/hierarchical.py)."""
 DEFAULT_STEPS = {"tiny": 3, "resnet20": 8, "vgg16": 3}
@@ -173,6 +177,49 @@ def build_model(name):
     return {"resnet20": resnet20, "vgg16": vgg16}[name](), (3, 32, 32)
 
 
+def ddp_worker(args):
+    """One rank of ``ddp_dgc``/``ddp_dgc_sync``: as :func:`worker`, through DDP's hook (torch.distributed, Gloo)."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    import dgc.torch as dgc_torch
+    from dgc.compressors.dgc import DGCCompressor
+    from dgc.compressors.fp16 import FP16Compressor
+    from dgc.fused import FusedCommunicator
+    from dgc.memory import DGCSGDMemory
+
+    torch.set_num_threads(1)
+    os.environ["GLOO_SOCKET_IFNAME"] = IFACE
+    rank, size = int(os.environ["HOROVOD_RANK"]), int(os.environ["HOROVOD_SIZE"])
+    dist.init_process_group("gloo", init_method=f"tcp://{args['master']}", rank=rank, world_size=size)
+    model, shape = build_model(args["model"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    net = DistributedDataParallel(model, bucket_cap_mb=1)
+    hook = dgc_torch.DGCHook(net, optimizer, overlap=args["method"] == "ddp_dgc",
+                             compression=DGCCompressor(0.001, fp16_values=True, compact_indices=True,
+                                                       min_compress_numel=256),
+                             memory=DGCSGDMemory(gradient_clipping=5.0), dense_compression=FP16Compressor(),
+                             communicator=FusedCommunicator(dgc_torch.TorchCommunicator()))
+    net.register_comm_hook(hook, dgc_torch.dgc_hook)
+    gen = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(args["batch"], *shape, generator=gen), torch.randint(10, (args["batch"],), generator=gen)
+    times = []
+    for _ in range(1 + args["steps"]):
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        hook.step(optimizer)
+        times.append(time.perf_counter() - started)
+    stats = hook.last_exchange
+    collectives = hook.exchange.communicator.collectives / len(times)
+    dist.barrier()
+    if rank == 0:
+        print(json.dumps({"seconds": statistics.median(times[1:]), "bytes": stats["bytes_sent"],
+                          "collectives": collectives, "size": size}), flush=True)
+    dgc_torch.close_process_group()
+
+
 def worker(args):
     """One rank: ``warmup`` + ``steps`` training steps of ``model`` on a fixed random batch with ``method``;
     rank 0 prints its per-step seconds, bytes and collectives as one JSON line."""
@@ -286,7 +333,8 @@ def ratio(a, b):
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
-        worker(json.loads(args.worker))
+        cell = json.loads(args.worker)
+        (ddp_worker if cell["method"].startswith("ddp_") else worker)(cell)
         return 0
     if os.geteuid() != 0:
         print("bench_network.py: error: needs root (it creates network namespaces, veth links and tc qdiscs); "
@@ -314,7 +362,8 @@ def main(argv=None):
                         if method == "limit" and limit is not None:
                             cells[method] = limit
                             continue
-                        cell = {"model": model, "method": method, "batch": args.batch, "steps": args.steps[model]}
+                        cell = {"model": model, "method": method, "batch": args.batch, "steps": args.steps[model],
+                                "master": f"{topology.addresses[0]}:{29400 + len(rows) * len(METHODS) + len(cells)}"}
                         out = launch(topology, args.ranks_per_host, [__file__, "--worker", json.dumps(cell)],
                                      args.timeout)
                         cells[method] = json.loads(out.strip().splitlines()[-1])
@@ -368,6 +417,13 @@ def print_tables(rows, args):
         print(f"| {size} | {model} | {rate} | " + " | ".join(f"{s[m]:.3f}" for m in methods)
               + f" | {ratio(s.get('dense'), s.get('dgc'))} | {ratio(s.get('dgc'), s.get('limit'))} | "
               f"{ratio(s.get('fp16'), s.get('dgc'))} |")
+    if any(m.startswith("ddp_") for m in methods):
+        print("\n| N | model | link | DDP hook / Horovod (DGC fused) | DDP hook / limit | sync hook / overlapping |")
+        print("| ---: | :--- | :--- | ---: | ---: | ---: |")
+        for size, model, rate, cells in rows:
+            s = {m: c["seconds"] for m, c in cells.items()}
+            print(f"| {size} | {model} | {rate} | {ratio(s.get('ddp_dgc'), s.get('dgc_fused'))} | "
+                  f"{ratio(s.get('ddp_dgc'), s.get('limit'))} | {ratio(s.get('ddp_dgc_sync'), s.get('ddp_dgc'))} |")
     print("\n| N | model | link | method | images/s | bytes per step per worker | collectives per step |")
     print("| ---: | :--- | :--- | :--- | ---: | ---: | ---: |")
     for size, model, rate, cells in rows:

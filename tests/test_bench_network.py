@@ -35,10 +35,11 @@ def test_refuses_to_run_without_root(monkeypatch, capsys):
 
 @root_only
 def test_table_then_nothing_left_behind():
-    out, err = bench("--methods", "limit,dgc,dgc_fused", "--steps", "tiny=2").communicate(timeout=240)
+    out, err = bench("--methods", "limit,dgc,dgc_fused,ddp_dgc", "--steps", "tiny=2").communicate(timeout=240)
     assert "| 2 | tiny | 100mbit |" in out, err[-2000:]
-    fused_row = next(line for line in out.splitlines() if "DGC 0.001 fused+compact |" in line)
-    assert fused_row.rstrip(" |").endswith("| 2.0"), fused_row      # one allgather + one allreduce per step
+    for label in ("DGC 0.001 fused+compact |", "DGC fused, DDP hook |"):     # the DDP hook: torch over the links
+        fused_row = next(line for line in out.splitlines() if label in line)
+        assert fused_row.rstrip(" |").endswith("| 2.0"), fused_row      # one allgather + one allreduce per step
     assert leftovers() == ([], [], [])
 
 
