@@ -16,8 +16,9 @@ decodes the average into the bucket; meanwhile the backward pass computes the ne
 compressor's later rounds (PowerSGD's Q) start from those callbacks on a second process group, in bucket
 order (:meth:`dgc.exchange.Exchange.finish_future` gives the argument why every rank starts them alike).
 With the fused exchange each bucket's payloads leave together, one fused collective per kind and bucket.
-``overlap=False`` (or a communicator without ``future`` and ``twin``) runs each bucket's exchange to the end
-inside the hook and returns a completed future, as before; the results are the same bits.
+Overlap needs several buckets (DDP's ``bucket_cap_mb``; its first bucket holds at most 1 MB). ``overlap=False``
+(or a communicator without ``future`` and ``twin``) runs each bucket's exchange to the end inside the hook and
+returns a completed future; both give the same bits (tests/mp/ddp_checks.py).
 
 A step is one transaction, closed by ``state.step(optimizer)``: further synced backward passes before it
 (gradient accumulation without ``no_sync()``) redo the step's exchange from its start with the accumulated
