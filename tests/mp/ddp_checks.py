@@ -12,7 +12,7 @@
    optimizer.step() in place of state.step(optimizer) is refused before it changes anything.
 6. A NaN input on the last rank of a BatchNorm model: skipped with every rank's parameters and buffers
    unchanged, and bitwise equal to a run without that batch (the hook's BufferSnapshot).
-7. (2 ranks) The overlapping hook (the default) gives the synchronous hook's (overlap=False) bits on a
+7. (2 ranks) TorchCommunicator's one-tensor allgather, and its tensor-list fallback. The overlapping hook (the default) gives the synchronous hook's (overlap=False) bits on a
    BatchNorm model in several DDP buckets, for DGC, PowerSGD (two rounds, a measured step), fp16 (dense) and
    fused DGC; and it overlaps: with rank 1 late, rank 0's last bucket starts while its first is in flight.
 """
@@ -339,7 +339,29 @@ def check_overlap_gives_the_synchronous_bits():
     assert run("dgc", False, late=True)[2] == [0] * len(data)   # the synchronous hook: each bucket done in it
 
 
+def check_allgather_forms():
+    """TorchCommunicator gathers into one tensor; the tensor-list form only once the backend refused that."""
+    import dgc.torch.communicator as module
+    from dgc.compressors.base import Payload
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no support for the one-tensor allgather in this backend")
+
+    comm, listed, list_form, single = TorchCommunicator(), [], dist.all_gather, module._gather_single
+    expected = torch.arange(SIZE, dtype=torch.float32).repeat_interleave(2)[:, None].expand(-1, 3)
+    dist.all_gather = lambda *args, **kwargs: listed.append(1) or list_form(*args, **kwargs)
+    try:
+        for refused in (False, True, True):
+            module._gather_single = refuse if refused else single
+            out = comm.wait(comm.start(Payload(torch.full((2, 3), float(RANK)), "allgather", 6), "g"))
+            assert torch.equal(out, expected), out
+        assert listed == [1, 1] and not comm._single, (listed, comm._single)
+    finally:
+        dist.all_gather, module._gather_single = list_form, single
+
+
 if SIZE == 2:       # what follows does not depend on the world size: one launch is enough
+    check_allgather_forms()
     check_overlap_gives_the_synchronous_bits()
     check_a_direct_optimizer_step_is_refused()
     check_loss_scale_redo_is_refused()
