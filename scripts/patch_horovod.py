@@ -1,20 +1,18 @@
-"""Patch an unpacked Horovod 0.28.1 source tree so it builds against torch 2.x (CPU, or with --gpu the NCCL
-variant against CUDA 12/13).
+"""Patch an unpacked Horovod 0.28.1 source tree so it builds against torch 2.x on a CPU machine.
 
-Edits, each checked to apply exactly once (the script fails loudly if the source differs):
+Three edits, each checked to apply exactly once (the script fails loudly if the source differs):
   1. top-level CMakeLists.txt: C++14 -> C++20 (torch >= 2.10 headers need C++20);
   2. horovod/torch/CMakeLists.txt: the same for the torch extension;
   3. cmake/Modules/FindPytorch.cmake: a CUDA build of torch only means a CUDA build of Horovod when GPU
      operations were asked for (HOROVOD_GPU_OPERATIONS / HOROVOD_GPU_ALLREDUCE); otherwise the
      configure step hunts for cudart because /usr/local/cuda exists.
-With --gpu (the GPU variant only; a CPU build compiles none of these files):
-  4. horovod/common/ops/cuda/CMakeLists.txt: the CUDA kernels in C++17 instead of C++11 (CUDA 13's headers
-     and libcu++ need C++17; nvcc 11+ accepts it).
-Read from the 0.28.1 source, not from a build: torch's CUDA API that Horovod's extension uses
-(c10::cuda::getCurrentCUDAStream, C10_CUDA_CHECK, c10/cuda/CUDAGuard.h, CUDAStream's conversion to
-cudaStream_t) is unchanged in torch 2.x, and its CUDA code uses nothing that CUDA 13 removed (no
-cudaDeviceProp fields, texture references or non-sync warp shuffles; NVTX is the header-only nvtx3).
-Usage: python scripts/patch_horovod.py [--gpu] SRC_DIR   (idempotent: an already patched tree is left as is)
+The NCCL variant (HOROVOD_GPU_OPERATIONS=NCCL) needs no further edit: torch's CUDA API that Horovod's
+extension uses (c10::cuda::getCurrentCUDAStream, C10_CUDA_CHECK, c10/cuda/CUDAGuard.h) is unchanged in torch
+2.x, its CUDA code uses nothing CUDA 13 removed (NVTX is the header-only nvtx3), and its kernels compile
+with nvcc 13.0 as they are (C++11); scripts/setup.sh supplies what its CMake cannot find by itself (pip's
+NCCL has only libnccl.so.2). Built so and imported (hvd.nccl_built(), hvd.cuda_built()) on a machine without
+a GPU: nvcc 13.0, NCCL 2.30.7 from pip, torch 2.14+cu130, 2026-12-02; its collectives have not run on a GPU.
+Usage: python scripts/patch_horovod.py SRC_DIR   (idempotent: an already patched tree is left as is)
 """
 import pathlib
 import sys
@@ -37,15 +35,9 @@ PATCHES = [
      "endif()\n"),
 ]
 
-GPU_PATCHES = [
-    ("horovod/common/ops/cuda/CMakeLists.txt",
-     "set(CMAKE_CUDA_STANDARD 11)\n",
-     "set(CMAKE_CUDA_STANDARD 17)\n"),
-]
 
-
-def patch(src: pathlib.Path, gpu: bool = False) -> None:
-    for rel, old, new in PATCHES + (GPU_PATCHES if gpu else []):
+def patch(src: pathlib.Path) -> None:
+    for rel, old, new in PATCHES:
         path = src / rel
         if not path.is_file():
             sys.exit(f"patch_horovod: {path} not found; is {src} an unpacked horovod-0.28.1 source tree?")
@@ -61,9 +53,6 @@ def patch(src: pathlib.Path, gpu: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    gpu = "--gpu" in args
-    args = [a for a in args if a != "--gpu"]
-    if len(args) != 1:
-        sys.exit("usage: python scripts/patch_horovod.py [--gpu] SRC_DIR")
-    patch(pathlib.Path(args[0]), gpu)
+    if len(sys.argv) != 2:
+        sys.exit("usage: python scripts/patch_horovod.py SRC_DIR")
+    patch(pathlib.Path(sys.argv[1]))

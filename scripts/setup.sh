@@ -87,12 +87,13 @@ cuda_prerequisites() {  # PY: find nvcc, the toolkit, NCCL and torch's CUDA; exp
     version=$(awk '/^#define NCCL_(MAJOR|MINOR|PATCH) /{printf "%s%s", sep, $3; sep="."}' "$inc/nccl.h")
     found "NCCL $version: $inc/nccl.h, $lib (from $where)"
     if [ ! -e "$lib/libnccl.so" ] && [ ! -f "$lib/libnccl_static.a" ]; then
-      # pip's NCCL has only libnccl.so.2; CMake's find_library(nccl) wants libnccl.so: link it in the cache
+      # pip's NCCL has only libnccl.so.2; CMake's find_library(nccl) wants libnccl.so: link both in the cache
       shim=$CACHE/nccl-lib/$(echo "$lib" | sha256sum | cut -c1-12)
       if [ "$CHECK" = 1 ]; then
         say "note: $lib has no libnccl.so; the build links one in $shim"
       else
         mkdir -p "$shim"
+        for so in "$lib"/libnccl.so*; do ln -sf "$so" "$shim/$(basename "$so")"; done
         ln -sf "$(ls "$lib"/libnccl.so* | head -1)" "$shim/libnccl.so"
         lib=$shim
       fi
@@ -193,9 +194,7 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
     mv "$build/dl/horovod-$HOROVOD_VERSION.tar.gz" "$src_archive"
   fi
   tar xzf "$src_archive" -C "$build"
-  gpu_patches=()
-  [ "$variant" = cpu ] || gpu_patches=(--gpu)
-  "$PY" "$ROOT/scripts/patch_horovod.py" "${gpu_patches[@]}" "$build/horovod-$HOROVOD_VERSION"
+  "$PY" "$ROOT/scripts/patch_horovod.py" "$build/horovod-$HOROVOD_VERSION"
   (
     cd "$build"
     export CMAKE_POLICY_VERSION_MINIMUM=3.5 HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
