@@ -6,6 +6,12 @@ Three edits, each checked to apply exactly once (the script fails loudly if the 
   3. cmake/Modules/FindPytorch.cmake: a CUDA build of torch only means a CUDA build of Horovod when GPU
      operations were asked for (HOROVOD_GPU_OPERATIONS / HOROVOD_GPU_ALLREDUCE); otherwise the
      configure step hunts for cudart because /usr/local/cuda exists.
+The NCCL variant (HOROVOD_GPU_OPERATIONS=NCCL) needs no further edit: torch's CUDA API that Horovod's
+extension uses (c10::cuda::getCurrentCUDAStream, C10_CUDA_CHECK, c10/cuda/CUDAGuard.h) is unchanged in torch
+2.x, its CUDA code uses nothing CUDA 13 removed (NVTX is the header-only nvtx3), and its kernels compile
+with nvcc 13.0 as they are (C++11); scripts/setup.sh supplies what its CMake cannot find by itself (pip's
+NCCL has only libnccl.so.2). Built so and imported (hvd.nccl_built(), hvd.cuda_built()) on a machine without
+a GPU: nvcc 13.0, NCCL 2.30.7 from pip, torch 2.14+cu130, 2026-12-02; its collectives have not run on a GPU.
 Usage: python scripts/patch_horovod.py SRC_DIR   (idempotent: an already patched tree is left as is)
 """
 import pathlib

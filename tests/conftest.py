@@ -1,10 +1,11 @@
-"""Shared test helpers: launching real multi-process Horovod and torchrun jobs."""
+"""Shared test helpers: launching real multi-process Horovod and torchrun jobs; the devices to test on."""
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HOROVODRUN = pathlib.Path(sys.executable).parent / "horovodrun"
@@ -34,3 +35,21 @@ def run_job(cmd, timeout, cwd, check, pythonpath=()):
         pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n"
                     f"--- stderr\n{result.stderr[-6000:]}")
     return result
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+"""The devices this machine can run the device-agnostic tests on: the CPU always, CUDA when present."""
+
+
+def devices():
+    """``pytest.mark.parametrize("device", devices())`` values: every device, CUDA's case present always and
+    skipped with a reason where there is none (so a CPU-only run shows what it did not check)."""
+    return [pytest.param(torch.device("cpu"), id="cpu"),
+            pytest.param(torch.device("cuda"), id="cuda",
+                         marks=pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device"))]
+
+
+@pytest.fixture(params=devices())
+def device(request):
+    """The device a test's tensors, models and in-process communicator live on (cpu; cuda, or skipped)."""
+    return request.param

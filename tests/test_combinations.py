@@ -47,11 +47,11 @@ def communicators(cfg, hierarchical):
 @pytest.mark.parametrize("fused", [False, True], ids=["per-tensor", "fused"])
 @pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
 @pytest.mark.parametrize("config", COMPRESSION, ids=[p.stem for p in COMPRESSION])
-def test_every_rank_finishes_with_identical_replicas(config, hierarchical, fused):
+def test_every_rank_finishes_with_identical_replicas(config, hierarchical, fused, device):
     cfg = load_configs([ROOT / "configs" / "digits" / "digitsnet.py", config], root=ROOT / "configs")
     cfg.train.fuse_exchange, cfg.train.hierarchical = fused, hierarchical
     torch.manual_seed(0)
-    nets = [cfg.model() for _ in range(WORLD)]
+    nets = [cfg.model().to(device) for _ in range(WORLD)]
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
     initial = torch.cat([p.detach().reshape(-1) for p in nets[0].parameters()])
@@ -64,7 +64,7 @@ def test_every_rank_finishes_with_identical_replicas(config, hierarchical, fused
                                          **train.exchange_options(cfg))
         gen = torch.Generator().manual_seed(comm.rank)
         for _ in range(STEPS):
-            x, y = torch.randn(8, 1, 8, 8, generator=gen), torch.randint(10, (8,), generator=gen)
+            x, y = torch.randn(8, 1, 8, 8, generator=gen).to(device), torch.randint(10, (8,), generator=gen).to(device)
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(net(x), y).backward()
             optimizer.step()

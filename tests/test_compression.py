@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import DEVICES
 from dgc.compression import Compressor, DGCCompressor
 from dgc.compressors.topk import TopKCompressor
 
@@ -16,7 +17,7 @@ def _dense(c, payload, ctx):
 def _assert_exact_topk(x, idx, k):
     assert idx.numel() == k
     assert torch.unique(idx).numel() == k, "indices must be distinct"
-    selected = torch.zeros(x.numel(), dtype=torch.bool)
+    selected = torch.zeros(x.numel(), dtype=torch.bool, device=x.device)
     selected[idx] = True
     if k < x.numel():
         assert x[selected].abs().min() >= x[~selected].abs().max()
@@ -29,7 +30,7 @@ def _heavy_tailed(n, gen):
 @pytest.mark.parametrize("numel", [1, 2, 7, 1000, 2047, 5000, 100_003, 1_000_000, 10_000_000])
 @pytest.mark.parametrize("kind", ["normal", "heavy", "constant"])
 @pytest.mark.parametrize("strided", [True, False])
-def test_selection_sends_exactly_k_largest(numel, kind, strided):
+def test_selection_sends_exactly_k_largest(numel, kind, strided, device):
     gen = torch.Generator().manual_seed(numel)
     if kind == "normal":
         x = torch.randn(numel, generator=gen)
@@ -38,6 +39,7 @@ def test_selection_sends_exactly_k_largest(numel, kind, strided):
         x = _heavy_tailed(numel, gen)
     else:
         x = torch.full((numel,), -0.5)
+    x = x.to(device)
     c = DGCCompressor(strided_sample=strided)
     k = c.num_selects(numel)
     assert k == max(1, round(numel * 0.001))
@@ -49,21 +51,21 @@ def test_selection_sends_exactly_k_largest(numel, kind, strided):
 
 def _fixed_sample(value):
     def sample(self, x, num_samples):
-        return torch.full((num_samples,), value)
+        return torch.full((num_samples,), value, device=x.device)
     return sample
 
 
 @pytest.mark.parametrize("iters", [0, 3, 30])
-def test_threshold_adaptation_and_exact_fallback(monkeypatch, iters):
+def test_threshold_adaptation_and_exact_fallback(monkeypatch, iters, device):
     """A sample that overestimates the threshold forces rescans, then the exact fallback; still exact."""
-    x = torch.randn(200_000, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(1)).to(device)
     monkeypatch.setattr(DGCCompressor, "_sample", _fixed_sample(100.0))
     c = DGCCompressor(max_adaptation_iters=iters)
     _assert_exact_topk(x, c.select(x, 200), 200)
 
 
-def test_resample_false_keeps_k_candidates_above_threshold(monkeypatch):
-    x = torch.randn(200_000, generator=torch.Generator().manual_seed(2))
+def test_resample_false_keeps_k_candidates_above_threshold(monkeypatch, device):
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(2)).to(device)
     monkeypatch.setattr(DGCCompressor, "_sample", _fixed_sample(2.0))
     c = DGCCompressor(resample=False)
     idx = c.select(x, 200)
@@ -73,9 +75,9 @@ def test_resample_false_keeps_k_candidates_above_threshold(monkeypatch):
 
 @pytest.mark.parametrize("fp16,int32,value_bytes,index_bytes",
                          [(False, False, 4, 8), (True, False, 2, 8), (False, True, 4, 4), (True, True, 2, 4)])
-def test_encodings_round_trip(fp16, int32, value_bytes, index_bytes):
+def test_encodings_round_trip(fp16, int32, value_bytes, index_bytes, device):
     numel = 50_000
-    x = torch.randn(numel, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(3)).to(device)
     c = DGCCompressor(fp16_values=fp16, int32_indices=int32, compress_ratio=0.01)
     payload, ctx = c.compress(x.clone(), "w")
     k = c.num_selects(numel)
@@ -90,10 +92,10 @@ def test_encodings_round_trip(fp16, int32, value_bytes, index_bytes):
     assert torch.equal(payload.sent.indices.sort().values, idx) and torch.equal(dense[payload.sent.indices], payload.sent.values)
 
 
-def test_fp16_values_are_clamped_and_sent_says_what_receivers_decode():
+def test_fp16_values_are_clamped_and_sent_says_what_receivers_decode(device):
     """A value beyond fp16's range goes on the wire as +-65504, not inf; ``sent`` carries the decoded values
     (so the memory keeps ``v - fp16(v)``, see test_memory.py)."""
-    x = torch.zeros(4096)
+    x = torch.zeros(4096, device=device)
     x[7], x[9], x[11] = 1e6, -2e5, 0.1
     c = DGCCompressor(compress_ratio=3 / 4096, fp16_values=True)
     payload, ctx = c.compress(x, "w")
@@ -105,21 +107,21 @@ def test_fp16_values_are_clamped_and_sent_says_what_receivers_decode():
     assert torch.equal(payload.sent.values[order], dense[payload.sent.indices[order]])
 
 
-def test_fp16_values_accumulate_in_fp32():
+def test_fp16_values_accumulate_in_fp32(device):
     """Six workers each sending 60000 at one index: fp16 would overflow (65504) if summed before casting."""
     numel = 4096
     c = DGCCompressor(fp16_values=True, compress_ratio=1 / numel)
-    x = torch.zeros(numel)
+    x = torch.zeros(numel, device=device)
     x[5] = 60000.0
     payload, ctx = c.compress(x, "w")
     dense = c.decompress(payload.tensor.repeat(6), ctx)
     assert dense[5].item() == 60000.0 and dense.abs().sum().item() == 60000.0
 
 
-def test_half_precision_gradients_accumulate_in_fp32():
+def test_half_precision_gradients_accumulate_in_fp32(device):
     """fp16 gradients: six workers each sending 60000 at one index average to 60000, not inf (the sum,
     360000, is past fp16's range, so it must not be formed in fp16)."""
-    x = torch.zeros(4096, dtype=torch.float16)
+    x = torch.zeros(4096, dtype=torch.float16, device=device)
     x[5] = 60000.0
     c = DGCCompressor(compress_ratio=1 / 4096)
     payload, ctx = c.compress(x, "w")
@@ -127,14 +129,14 @@ def test_half_precision_gradients_accumulate_in_fp32():
     assert dense[5].item() == 60000.0 and torch.isfinite(dense).all()
 
 
-def test_exchange_average_of_overlapping_and_disjoint_workers():
+def test_exchange_average_of_overlapping_and_disjoint_workers(device):
     """Decompressing the allgathered payloads equals the mean of every worker's sparse tensor."""
     numel, workers = 10_000, 3
     c = DGCCompressor(compress_ratio=0.002)
-    base = torch.zeros(numel)
+    base = torch.zeros(numel, device=device)
     payloads, sparse = [], []
     for w in range(workers):
-        x = torch.randn(numel, generator=torch.Generator().manual_seed(w)) * 0.01
+        x = torch.randn(numel, generator=torch.Generator().manual_seed(w)).to(device) * 0.01
         x[:10] = 5.0 + w             # every worker sends indices 0..9 (overlap)
         x[100 + 10 * w:110 + 10 * w] = -7.0   # and ten indices only it sends (disjoint)
         payload, ctx = c.compress(x, "w")
@@ -147,7 +149,7 @@ def test_exchange_average_of_overlapping_and_disjoint_workers():
     torch.testing.assert_close(dense, torch.stack(sparse).mean(0), rtol=0, atol=1e-6)
 
 
-def test_decompression_is_the_rank_order_sum_bit_for_bit():
+def test_decompression_is_the_rank_order_sum_bit_for_bit(device):
     """Every rank decodes the same gathered bytes to the same bits: the average is the sum of the workers'
     sparse tensors added in rank order, then divided (one index_add_ per worker, distinct indices in each,
     so no repeated-index atomics on CUDA). Values chosen so that the order of the additions matters."""
@@ -159,15 +161,56 @@ def test_decompression_is_the_rank_order_sum_bit_for_bit():
         x = torch.zeros(numel)
         idx = torch.randperm(60, generator=gen)[:k]          # heavy overlap between workers
         x[idx] = (torch.rand(k, generator=gen) + 0.5) * 10.0 ** (3 * w - 6)
+        x = x.to(device)
         payload, ctx = c.compress(x, "w")
         payloads.append(payload.tensor)
         dense_parts.append(x)
     got = c.decompress(torch.cat(payloads), ctx)
-    expected = torch.zeros(numel)
+    expected = torch.zeros(numel, device=device)
     for part in dense_parts:
         expected += part
     assert torch.equal(got, expected / workers)
     assert torch.equal(c.decompress(torch.cat(payloads), ctx), got)
+
+
+def _overlapping_rows(c, numel, k, workers):
+    """The gathered bytes of ``workers`` DGC payloads (compressed on the CPU) whose k indices overlap heavily
+    (all drawn from the first 3k positions) and whose values span 12 orders of magnitude across workers (so
+    the order of the additions shows in the bits)."""
+    gen = torch.Generator().manual_seed(11)
+    rows = []
+    for w in range(workers):
+        x = torch.zeros(numel)
+        x[torch.randperm(3 * k, generator=gen)[:k]] = (torch.rand(k, generator=gen) + 0.5) * 10.0 ** (3 * (w % 5) - 6)
+        payload, ctx = c.compress(x, "w")
+        rows.append(payload.tensor)
+    return torch.cat(rows), ctx
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.parametrize("workers", [5, 8])
+@pytest.mark.parametrize("encoding", [{}, {"fp16_values": True, "compact_indices": True}],
+                         ids=["fp32-int64", "fp16-compact"])
+def test_cuda_decompression_is_deterministic_and_equals_the_cpus(workers, encoding):
+    """The README's index_add_ argument on the hardware: 2^12 pairs per worker over 2^18 elements (4 blocks of
+    compact indices), indices overlapping across workers, decompressed on CUDA twice gives the same bits, and
+    the rank-order sum (Pairs.add) is the CPU's bit for bit; so is the average for 8 workers (a division by a
+    power of two is exact however the device divides: CUDA may multiply by the reciprocal of 5)."""
+    numel, k = 2 ** 18, 2 ** 12
+    c = DGCCompressor(compress_ratio=k / numel, **encoding)
+    gathered, ctx = _overlapping_rows(c, numel, k, workers)
+    on_gpu = gathered.cuda()
+    first = c.decompress(on_gpu, ctx)
+    second = c.decompress(on_gpu.clone(), ctx)
+    assert torch.equal(first, second), "CUDA decompression differs between two runs"
+    sums = []
+    for rows in (gathered, on_gpu):
+        total = torch.zeros(numel, device=rows.device)
+        c.pairs.add(total, rows.view(workers, -1), [k] * workers, torch.float32)
+        sums.append(total.cpu())
+    assert torch.equal(sums[0], sums[1]), "the CUDA rank-order sum differs from the CPU's"
+    if workers == 8:
+        assert torch.equal(first.cpu(), c.decompress(gathered, ctx))
 
 
 def test_warmup_schedules_of_the_paper_and_the_reference_code():
@@ -204,8 +247,8 @@ def test_bad_arguments_name_the_parameter(kwargs, name):
         DGCCompressor(**kwargs)
 
 
-def test_topk_compressor_sends_the_exact_top_k():
-    x = torch.randn(30_000, generator=torch.Generator().manual_seed(4))
+def test_topk_compressor_sends_the_exact_top_k(device):
+    x = torch.randn(30_000, generator=torch.Generator().manual_seed(4)).to(device)
     c = TopKCompressor(compress_ratio=0.01, int32_indices=True)
     payload, ctx = c.compress(x, "w")
     assert payload.tensor.numel() == 300 * (4 + 4)

@@ -84,10 +84,10 @@ def model():
     return torch.nn.Sequential(torch.nn.Linear(COLS, ROWS), torch.nn.Tanh(), torch.nn.Linear(ROWS, 4))
 
 
-def batch(rank, step):
+def batch(rank, step, device="cpu"):
     gen = torch.Generator().manual_seed(1000 * rank + step)
     x = torch.randn(32, COLS, generator=gen)
-    return x, (x[:, :4].sum(1) > 0).long() + 2 * (x[:, 4:8].sum(1) > 0).long()
+    return x.to(device), ((x[:, :4].sum(1) > 0).long() + 2 * (x[:, 4:8].sum(1) > 0).long()).to(device)
 
 
 MAJORITY = {"signum.py", "signsgd_majority.py"}
@@ -97,19 +97,19 @@ MAJORITY = {"signum.py", "signsgd_majority.py"}
 def dense(what, numel=ROWS * COLS):
     """A memory's ``sent`` (dense or :class:`Sparse`) as a flat dense tensor."""
     if isinstance(what, Sparse):
-        return torch.zeros(numel).index_add_(0, what.indices, what.values)
+        return torch.zeros(numel, device=what.values.device).index_add_(0, what.indices, what.values)
     return what.reshape(-1).clone()
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_compressor_on_three_inprocess_workers(config):
+def test_compressor_on_three_inprocess_workers(config, device):
     """30 steps of every config on three workers: identical replicas, a lower loss, the wire bytes of the
     encoding's formula, and conservation at every step: with ResidualMemory sent + residual == all gradients;
     with DGCSGDMemory sent + velocity == all momentum-corrected gradients (u = m u + clip(g), u zeroed where
     sent when masking; an independent reference); without memory the average is the mean of what the workers
     say they sent (the majority's sign of their sum for Signum)."""
     cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
-    nets = [model() for _ in range(3)]
+    nets = [model().to(device) for _ in range(3)]
     group = InProcessGroup(3)
     steps = 30
 
@@ -122,7 +122,7 @@ def test_compressor_on_three_inprocess_workers(config):
         assert opt.exchange.routes["0.weight"].compressed == (config != "none.py")
         assert not opt.exchange.routes["0.bias"].compressed
         memory = opt.exchange.memory
-        accumulated, sent, u = (torch.zeros(ROWS * COLS) for _ in range(3))
+        accumulated, sent, u = (torch.zeros(ROWS * COLS, device=device) for _ in range(3))
         step_sent, averages, sent_per_step = [], [], []
         update = memory.update
 
@@ -133,16 +133,16 @@ def test_compressor_on_three_inprocess_workers(config):
 
         memory.update = spy
         expected_bytes = 0
-        x0, y0 = batch(99, 0)
+        x0, y0 = batch(99, 0, device)
         first = torch.nn.functional.cross_entropy(net(x0), y0).item()
         torch.manual_seed(comm.rank)
         for step in range(steps):
             opt.zero_grad()
-            x, y = batch(comm.rank, step)
+            x, y = batch(comm.rank, step, device)
             torch.nn.functional.cross_entropy(net(x), y).backward()
             g = net[0].weight.grad.view(-1).clone()
             opt.step()
-            mine = sum(step_sent, torch.zeros(ROWS * COLS))
+            mine = sum(step_sent, torch.zeros(ROWS * COLS, device=device))
             step_sent.clear()
             sent += mine
             expected_bytes += wire_bytes(opt.exchange.compressor)
@@ -210,9 +210,10 @@ class _Biased(Compressor):
 
 def exchanged_averages(make, grads, steps=8, tensors=50):
     """Rank 0's averages of ``steps`` x ``tensors`` exchanges of the fixed per-worker gradients ``grads``
-    (no memory) through ``make()`` on len(grads) in-process workers, one row per exchange."""
+    (no memory) through ``make()`` on len(grads) in-process workers (on the gradients' device), one row per
+    exchange."""
     def worker(comm):
-        params = [(f"w{i}", torch.nn.Parameter(torch.zeros(ROWS, COLS))) for i in range(tensors)]
+        params = [(f"w{i}", torch.nn.Parameter(torch.zeros_like(grads[0]))) for i in range(tensors)]
         ex = Exchange(params, comm, make())
         assert all(route.compressed for route in ex.routes.values())
         rows = []
@@ -250,12 +251,12 @@ UNIFORM_GRADS = [torch.rand(ROWS, COLS, generator=torch.Generator().manual_seed(
                                   lambda: QSGDCompressor(levels=4, bucket_size=100), TernGradCompressor,
                                   NaturalCompressor],
                          ids=["qsgd-s1", "qsgd-s4", "qsgd-s4-bucket100", "terngrad", "natural"])
-def test_unbiased_compressors_are_unbiased_through_the_exchange(make):
+def test_unbiased_compressors_are_unbiased_through_the_exchange(make, device):
     """400 exchanges of fixed gradients on two workers: the mean of the averages is the true average, by
     three pooled z-scores over all 2048 elements (buckets of 100 leave a partial last one; each within 5: a false alarm about once in 10^6 runs; the
     threads draw from torch's one generator in no fixed order, so the draws vary from run to run)."""
     torch.manual_seed(0)
-    draws = exchanged_averages(make, UNIFORM_GRADS)
+    draws = exchanged_averages(make, [g.to(device) for g in UNIFORM_GRADS]).cpu()
     assert (draws.std(0) > 0).float().mean() > 0.9, "stochastic rounding must vary"
     z = bias_z(draws, sum(UNIFORM_GRADS).view(-1) / 2)
     assert max(abs(v) for v in z) < 5, z
@@ -271,13 +272,13 @@ def test_the_unbiasedness_statistic_detects_a_small_bias(bias, which):
     assert abs(z[which]) > 8, z
 
 
-def test_qsgd_variance_bound_holds_per_bucket():
+def test_qsgd_variance_bound_holds_per_bucket(device):
     """Alistarh et al. Lemma 3.1 per bucket of d = 512 at s = 4 levels: E||Q(v) - v||^2 <= min(d / s^2,
     sqrt(d) / s) ||v||^2 = 5.66 ||v||^2 for every bucket (squared error averaged over 4 draws) of 2^18
     normal values. One norm for the whole tensor (bucket_size=None) gives about 100x the squared norm there
     (0.8 sqrt(n) / s; 28x the norm at 2^24 elements), far above the same bound in most buckets."""
     torch.manual_seed(0)
-    x, d = torch.randn(2 ** 18), 512
+    x, d = torch.randn(2 ** 18, device=device), 512
     bound = min(d / 16, math.sqrt(d) / 4)
     ratios = {}
     for bucket in (512, None):
@@ -289,12 +290,12 @@ def test_qsgd_variance_bound_holds_per_bucket():
     assert ratios[None].median() > 10 * bound, ratios[None].median()
 
 
-def test_signsgd_majority_vote_is_the_sign_of_the_sum_of_signs():
+def test_signsgd_majority_vote_is_the_sign_of_the_sum_of_signs(device):
     """Bernstein et al. Algorithm 3: three workers vote per element (2 of 3 decide); two tie to 0. The
     default is the mean of the signs."""
     votes = torch.tensor([[1.0, -2.0, 3.0, -0.5, 0.1, 2.0, -1.0, 4.0] * 128,
                           [2.0, -1.0, -1.0, 0.5, -0.1, -3.0, -1.0, 1.0] * 128,
-                          [-1.0, 3.0, -2.0, -1.0, -0.2, 1.0, -2.0, 0.5] * 128]).view(3, 32, 32)
+                          [-1.0, 3.0, -2.0, -1.0, -0.2, 1.0, -2.0, 0.5] * 128], device=device).view(3, 32, 32)
     signs = torch.where(votes >= 0, 1.0, -1.0).view(3, -1)
 
     def exchange(compressor, tensors):
@@ -343,9 +344,9 @@ def test_bad_arguments_are_named(make, name):
 
 
 def threshold_exchange(comm, grads):
-    """One exchange of ``grads[comm.rank]`` through a ThresholdCompressor(0.5) with int32 indices; returns
-    the average and the per-worker counts."""
-    param = torch.nn.Parameter(torch.zeros(ROWS, COLS))
+    """One exchange of ``grads[comm.rank]`` through a ThresholdCompressor(0.5) with int32 indices (on the
+    gradients' device); returns the average and the per-worker counts."""
+    param = torch.nn.Parameter(torch.zeros_like(grads[comm.rank]))
     exchange = Exchange([("w", param)], comm, ThresholdCompressor(threshold=0.5, int32_indices=True))
     grad = grads[comm.rank].clone()
     exchange.finish([exchange.start("w", grad)])
@@ -353,14 +354,14 @@ def threshold_exchange(comm, grads):
 
 
 @pytest.mark.parametrize("selected", [(0, 7, 300), (0, 0, 0), (1, 0, 0)], ids=["some", "none", "one"])
-def test_threshold_varies_counts_per_worker_without_a_hang(selected):
+def test_threshold_varies_counts_per_worker_without_a_hang(selected, device):
     """Each worker selects a different number of values (zero included); the result is the exact average of
     the thresholded gradients, and the pairs' round is skipped (one collective only) when no one selected."""
     grads = []
     for rank, count in enumerate(selected):
         g = torch.rand(ROWS * COLS, generator=torch.Generator().manual_seed(rank)) * 0.4
         g[torch.randperm(g.numel(), generator=torch.Generator().manual_seed(10 + rank))[:count]] = -1.5
-        grads.append(g.view(ROWS, COLS))
+        grads.append(g.view(ROWS, COLS).to(device))
     group = InProcessGroup(3, timeout=10)
     results = group.run(lambda comm: threshold_exchange(comm, grads))
     expected = sum(torch.where(g.abs() >= 0.5, g, 0.0) for g in grads) / 3
@@ -372,11 +373,11 @@ def test_threshold_varies_counts_per_worker_without_a_hang(selected):
 
 
 @pytest.mark.parametrize("memory", [None, ResidualMemory, DGCSGDMemory], ids=["none", "residual", "momentum-correction"])
-def test_every_compressor_pairs_with_every_memory(memory):
+def test_every_compressor_pairs_with_every_memory(memory, device):
     """Any compressor with any memory, two in-process workers, 8 steps: replicas stay identical and finite."""
     for config in CONFIGS:
         cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
-        nets = [model() for _ in range(2)]
+        nets = [model().to(device) for _ in range(2)]
 
         def worker(comm):
             net = nets[comm.rank]
@@ -387,7 +388,7 @@ def test_every_compressor_pairs_with_every_memory(memory):
             torch.manual_seed(comm.rank)
             for step in range(8):
                 opt.zero_grad()
-                x, y = batch(comm.rank, step)
+                x, y = batch(comm.rank, step, device)
                 torch.nn.functional.cross_entropy(net(x), y).backward()
                 opt.step()
 
@@ -398,11 +399,12 @@ def test_every_compressor_pairs_with_every_memory(memory):
 
 @pytest.mark.parametrize("numel", [5000, 2 ** 16, 300_000], ids=["one-block", "exactly-one-block", "five-blocks"])
 @pytest.mark.parametrize("values", ["fp32", "fp16", "int8"])
-def test_compact_indices_decode_exactly_what_int64_indices_do(numel, values):
+def test_compact_indices_decode_exactly_what_int64_indices_do(numel, values, device):
     """16-bit offsets with per-block counts carry the same pairs as int64 indices, in 2k + 4 blocks bytes (no
     counts for one block); offsets of 2^15 and above (negative as int16) and the last element included."""
     flat = torch.randn(numel, generator=torch.Generator().manual_seed(numel))
     flat[[i for i in (0, 2 ** 15, 2 ** 16 - 1, numel - 1) if i < numel]] = 100.0
+    flat = flat.to(device)
     kwargs = {"fp16_values": values == "fp16", "int8_values": values == "int8"}
     results, sizes = [], []
     for compact in (False, True):
@@ -428,13 +430,13 @@ def test_compact_indices_decode_exactly_what_int64_indices_do(numel, values):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_every_compressor_with_a_memory_takes_16bit_gradients(dtype):
+def test_every_compressor_with_a_memory_takes_16bit_gradients(dtype, device):
     """16-bit gradients through every config's compressor with its memory (ResidualMemory where it has none),
     two workers, 3 steps: the memory stays float32, sent (float32) + residual == all gradients, the average
     lands in the 16-bit gradient alike on both ranks."""
     for config in CONFIGS:
         cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
-        grads = [[torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(10 * r + s)).to(dtype)
+        grads = [[torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(10 * r + s)).to(device, dtype)
                   for s in range(3)] for r in range(2)]
 
         def worker(comm):
@@ -447,8 +449,9 @@ def test_every_compressor_with_a_memory_takes_16bit_gradients(dtype):
                 clip = lambda g: g * min(1.0, max_norm / (torch.linalg.vector_norm(g).item() + 1e-6))  # noqa: E731
             compressor = cfg.train.compression()
             compressor.min_compress_numel = 1
-            ex = Exchange([("w", torch.nn.Parameter(torch.zeros(ROWS, COLS, dtype=dtype)))], comm, compressor, memory)
-            sent = torch.zeros(ROWS * COLS, dtype=torch.float64)
+            ex = Exchange([("w", torch.nn.Parameter(torch.zeros(ROWS, COLS, dtype=dtype, device=device)))], comm,
+                          compressor, memory)
+            sent = torch.zeros(ROWS * COLS, dtype=torch.float64, device=device)
             update = memory.update
             memory.update = lambda name, what: (sent.add_(dense(what).double()), update(name, what))
             averages = []
@@ -469,17 +472,17 @@ def test_every_compressor_with_a_memory_takes_16bit_gradients(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_signum_momentum_is_float32_for_16bit_gradients(dtype):
+def test_signum_momentum_is_float32_for_16bit_gradients(dtype, device):
     """Signum's momentum is its memory: with 16-bit gradients it is kept in float32, so small gradients still
     move it as the float64 recurrence does (a 16-bit momentum stalls where 0.9 m + 0.1 g rounds back to m)."""
     compressor = SignumCompressor(beta=0.9, min_compress_numel=1)
-    ex = Exchange([("w", torch.nn.Parameter(torch.zeros(4, 8, dtype=dtype)))], InProcessGroup(1).communicator(0),
-                  compressor)
+    ex = Exchange([("w", torch.nn.Parameter(torch.zeros(4, 8, dtype=dtype, device=device)))],
+                  InProcessGroup(1).communicator(0), compressor)
     expected = 0.0
     for step in range(60):
         value = 1.0 if step == 0 else 1e-3
         expected = 0.9 * expected + 0.1 * torch.tensor(value, dtype=dtype).item()
-        ex.finish([ex.start("w", torch.full((4, 8), value, dtype=dtype))])
+        ex.finish([ex.start("w", torch.full((4, 8), value, dtype=dtype, device=device))])
     momentum = compressor.state_dict()["momentum"]["w"]
     assert momentum.dtype == torch.float32
     assert momentum.view(-1)[0].item() == pytest.approx(expected, rel=1e-4)

@@ -20,10 +20,10 @@ def net():
                                torch.nn.Linear(48, 4))
 
 
-def train(config, fused, steps=6):
+def train(config, fused, device, steps=6):
     cfg = load_configs(["configs/digits/digitsnet.py", f"configs/compression/{config}"], root=ROOT / "configs")
     group = InProcessGroup(3)
-    models = [net() for _ in range(3)]
+    models = [net().to(device) for _ in range(3)]
 
     def worker(comm):
         model = models[comm.rank]
@@ -35,7 +35,7 @@ def train(config, fused, steps=6):
         torch.manual_seed(comm.rank)
         for step in range(steps):
             gen = torch.Generator().manual_seed(100 * comm.rank + step)
-            x = torch.randn(16, 32, generator=gen)
+            x = torch.randn(16, 32, generator=gen).to(device)
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long()).backward()
             opt.step()
@@ -46,9 +46,9 @@ def train(config, fused, steps=6):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_fused_exchange_gives_the_same_bits_in_fewer_collectives(config):
-    separate, separate_log, payloads = train(config, fused=False)
-    fused, fused_log, _ = train(config, fused=True)
+def test_fused_exchange_gives_the_same_bits_in_fewer_collectives(config, device):
+    separate, separate_log, payloads = train(config, fused=False, device=device)
+    fused, fused_log, _ = train(config, fused=True, device=device)
     for a, b in zip(separate[0].parameters(), fused[0].parameters()):
         assert torch.equal(a, b), config
     assert sum(n for *_, n in separate_log) == sum(n for *_, n in fused_log)

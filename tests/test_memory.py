@@ -16,9 +16,10 @@ from dgc.optim import DGCSGD
 NUMEL = 20_000
 
 
-def _exchange(memory, world_size=1, **kwargs):
-    """One worker's exchange of a (NUMEL, 1) weight; ``world_size`` only sets the memory's clipping scale."""
-    ex = Exchange([("w", torch.nn.Parameter(torch.zeros(NUMEL, 1)))], InProcessGroup(1).communicator(0),
+def _exchange(memory, world_size=1, device="cpu", **kwargs):
+    """One worker's exchange of a (NUMEL, 1) weight on ``device``; ``world_size`` only sets the memory's
+    clipping scale."""
+    ex = Exchange([("w", torch.nn.Parameter(torch.zeros(NUMEL, 1, device=device)))], InProcessGroup(1).communicator(0),
                   DGCCompressor(min_compress_numel=1, **kwargs), memory)
     memory.initialize(world_size)
     return ex
@@ -33,15 +34,15 @@ def _send(ex, g):
 
 @pytest.mark.parametrize("fp16", [False, True])
 @pytest.mark.parametrize("ratio", [0.001, 0.05, 1.0])
-def test_residual_memory_conserves_every_value(ratio, fp16):
+def test_residual_memory_conserves_every_value(ratio, fp16, device):
     """sent + residual == everything accumulated, every step; in fp16 mode too: the rounding error (about
     1e-3 of a value, far above the tolerance) stays in the residual."""
     memory = ResidualMemory()
-    ex = _exchange(memory, compress_ratio=ratio, fp16_values=fp16)
+    ex = _exchange(memory, device=device, compress_ratio=ratio, fp16_values=fp16)
     gen = torch.Generator().manual_seed(0)
-    total_in, total_sent = torch.zeros(NUMEL, dtype=torch.float64), torch.zeros(NUMEL, dtype=torch.float64)
+    total_in, total_sent = (torch.zeros(NUMEL, dtype=torch.float64, device=device) for _ in range(2))
     for _ in range(15):
-        g = torch.randn(NUMEL, generator=gen)
+        g = torch.randn(NUMEL, generator=gen).to(device)
         total_in += g.double()
         sent = _send(ex, g)
         assert torch.isfinite(sent).all()
@@ -54,28 +55,28 @@ def test_residual_memory_conserves_every_value(ratio, fp16):
         assert residual.abs().max() > 0, "fp16 rounding error must stay in the residual"
 
 
-def test_fp16_clamped_value_keeps_the_excess_in_the_residual():
+def test_fp16_clamped_value_keeps_the_excess_in_the_residual(device):
     memory = ResidualMemory()
-    ex = _exchange(memory, compress_ratio=1 / NUMEL, fp16_values=True)
-    g = torch.zeros(NUMEL)
+    ex = _exchange(memory, device=device, compress_ratio=1 / NUMEL, fp16_values=True)
+    g = torch.zeros(NUMEL, device=device)
     g[3] = 1e6
     sent = _send(ex, g)
     assert sent[3].item() == 65504.0
     assert memory.buffers["residuals"]["w"][3].item() == 1e6 - 65504.0
-    assert _send(ex, torch.zeros(NUMEL))[3].item() == 65504.0, "the excess is sent in later steps"
+    assert _send(ex, torch.zeros(NUMEL, device=device))[3].item() == 65504.0, "the excess is sent in later steps"
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("masking", [False, True])
-def test_momentum_correction_conserves_and_follows_the_paper(nesterov, masking):
+def test_momentum_correction_conserves_and_follows_the_paper(nesterov, masking, device):
     """u = m*u + g; v += u (Nesterov: v += g + m*u); sent + v == all accumulated; masking zeroes u where sent."""
     m = 0.9
     memory = DGCSGDMemory(momentum=m, nesterov=nesterov, momentum_masking=masking)
-    ex = _exchange(memory, compress_ratio=0.01)
+    ex = _exchange(memory, device=device, compress_ratio=0.01)
     gen = torch.Generator().manual_seed(1)
-    u_ref, total_in, total_sent = torch.zeros(NUMEL), torch.zeros(NUMEL), torch.zeros(NUMEL)
+    u_ref, total_in, total_sent = (torch.zeros(NUMEL, device=device) for _ in range(3))
     for _ in range(12):
-        g = torch.randn(NUMEL, generator=gen)
+        g = torch.randn(NUMEL, generator=gen).to(device)
         u_ref = m * u_ref + g
         total_in += g + m * u_ref if nesterov else u_ref
         sent = _send(ex, g)
@@ -89,17 +90,17 @@ def test_momentum_correction_conserves_and_follows_the_paper(nesterov, masking):
 
 
 @pytest.mark.parametrize("workers", [1, 4, 8])
-def test_local_clipping_bounds_the_averaged_gradient_not_the_share(workers):
+def test_local_clipping_bounds_the_averaged_gradient_not_the_share(workers, device):
     """gradient_clipping=c bounds the averaged gradient: each worker's local mean gradient is clipped to
     c * sqrt(N) (the paper's c * N**-1/2 for a share that carries the 1/N factor, times N)."""
     memory = DGCSGDMemory(momentum=0.0, gradient_clipping=2.0, momentum_masking=False)
-    ex = _exchange(memory, world_size=workers, compress_ratio=0.001)
-    g = torch.full((NUMEL,), 1.0)
+    ex = _exchange(memory, world_size=workers, device=device, compress_ratio=0.001)
+    g = torch.full((NUMEL,), 1.0, device=device)
     _send(ex, g)
     accumulated = memory.buffers["momentums"]["w"]
     assert torch.linalg.vector_norm(accumulated).item() == pytest.approx(2.0 * workers ** 0.5, rel=1e-4)
     loose = DGCSGDMemory(momentum=0.0, gradient_clipping=1e6, momentum_masking=False)
-    _send(_exchange(loose, world_size=workers), g)
+    _send(_exchange(loose, world_size=workers, device=device), g)
     assert torch.equal(loose.buffers["momentums"]["w"], g)
 
 
@@ -117,12 +118,12 @@ def test_dense_sent_form_keeps_compensated_minus_sent():
     assert compensated is memory.buffers["residuals"]["q"]
 
 
-def test_state_dict_round_trip_continues_identically():
+def test_state_dict_round_trip_continues_identically(device):
     def fresh():
-        return _exchange(DGCSGDMemory(momentum=0.9), compress_ratio=0.01)
+        return _exchange(DGCSGDMemory(momentum=0.9), device=device, compress_ratio=0.01)
     ex = fresh()
     gen = torch.Generator().manual_seed(2)
-    grads = [torch.randn(NUMEL, generator=gen) for _ in range(6)]
+    grads = [torch.randn(NUMEL, generator=gen).to(device) for _ in range(6)]
     for g in grads[:3]:
         _send(ex, g)
     restored = fresh()
@@ -175,7 +176,7 @@ def test_dgcsgd_plain_step_for_compressed_and_torch_sgd_for_the_rest():
 @pytest.mark.parametrize("dtype,eps", [(torch.bfloat16, 2.0 ** -9), (torch.float16, 2.0 ** -12)], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("make,base", [(ResidualMemory, 1.0), (lambda: DGCSGDMemory(momentum=0.5), 2.0)],
                          ids=["residual", "momentum-correction"])
-def test_16bit_gradients_far_below_the_residuals_resolution_accumulate_and_are_sent(dtype, eps, make, base):
+def test_16bit_gradients_far_below_the_residuals_resolution_accumulate_and_are_sent(dtype, eps, make, base, device):
     """A first gradient of 1 leaves a residual (velocity: about 2) below the threshold; then each step adds
     ``eps``, under half a unit in the last place of that residual in ``dtype``, so a residual kept in the
     gradient's dtype never moves. Kept in float32 it reaches the threshold within 64 steps and is sent:
@@ -183,22 +184,22 @@ def test_16bit_gradients_far_below_the_residuals_resolution_accumulate_and_are_s
     threshold = base + 64 * eps
     assert (torch.tensor(base, dtype=dtype) + eps).item() == base
     memory = make()
-    param = torch.nn.Parameter(torch.zeros(4, 8, dtype=dtype))
+    param = torch.nn.Parameter(torch.zeros(4, 8, dtype=dtype, device=device))
     ex = Exchange([("w", param)], InProcessGroup(1).communicator(0),
                   ThresholdCompressor(threshold=threshold, min_compress_numel=1), memory)
-    accumulated, sent, u = (torch.zeros(32, dtype=torch.float64) for _ in range(3))
+    accumulated, sent, u = (torch.zeros(32, dtype=torch.float64, device=device) for _ in range(3))
     step_sent = []
     update = memory.update
     memory.update = lambda name, what: (step_sent.append(what), update(name, what))
     for step in range(80):
-        grad = torch.full((4, 8), 1.0 if step == 0 else eps, dtype=dtype)
+        grad = torch.full((4, 8), 1.0 if step == 0 else eps, dtype=dtype, device=device)
         u = u * getattr(memory, "momentum", 0.0) + grad.double().view(-1)
         accumulated += u
         ex.finish([ex.start("w", grad)])
         (what,) = step_sent
         step_sent.clear()
         assert what.values.dtype == torch.float32
-        mine = torch.zeros(32, dtype=torch.float64).index_add_(0, what.indices, what.values.double())
+        mine = torch.zeros(32, dtype=torch.float64, device=device).index_add_(0, what.indices, what.values.double())
         sent += mine
         if getattr(memory, "momentum_masking", False):
             u[what.indices] = 0
