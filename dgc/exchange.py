@@ -107,8 +107,12 @@ class Exchange:
         self.communicator = communicator
         self.nonfinite = nonfinite
         self.skipped_steps = 0
-        self._bad = []
-        """Names of this rank's non-finite gradients in the current step."""
+        self._finite = None
+        """Whether every gradient this rank checked in the current step was finite: a 0-d bool tensor on their
+        device (None before the step's first), read on the host once, by :meth:`end_step`'s flag."""
+        self._checks = []
+        """(name, 0-d bool tensor: finite) of every gradient checked in the current step; the names of the bad
+        ones are read only for a step that turned out bad ("stop"'s message)."""
         self._snapshot = None
         """The compressor's state at the start of the current step (transactions only)."""
         self._flag = None
@@ -313,10 +317,8 @@ class Exchange:
         flat = grad.reshape(-1)
         decay = None
         if route.compressed or self.nonfinite is not None:
-            if not _check_gradient(flat, route.name, raise_nonfinite=self.nonfinite is None):
-                self._bad.append(route.name)
-                flat = torch.zeros_like(flat)       # compressors see finite values; the step is rolled back
-            elif self.loss_scale is not None:
+            flat = self._checked(flat, route.name)
+            if self.loss_scale is not None:
                 flat = flat / self.loss_scale.value
         if route.compressed:
             if route.param in self.corrected and self.optimizer is not None:
@@ -325,6 +327,29 @@ class Exchange:
                 if group.get("weight_decay", 0):
                     decay = (route.param.detach().reshape(-1), group["weight_decay"])
         return flat, decay
+
+    def _checked(self, flat, name):
+        """``flat`` (a flat gradient, or a sparse one's values) with its dtype checked (TypeError naming the
+        parameter) and its finiteness decided without a host read: with ``nonfinite`` set it joins the step's
+        device flag and a tensor with a NaN/Inf is zeroed in place (compressors see finite values; the step is
+        rolled back; ``flat`` is overwritten by its average anyway); without, FloatingPointError at once (one
+        host read per tensor: single-process use only)."""
+        finite = _all_finite(flat, name)
+        if self.nonfinite is None:
+            if not finite:
+                raise FloatingPointError(f"gradient of {name!r} has non-finite values (nan or inf); it was not "
+                                         "accumulated into the residual")
+            return flat
+        self._checks.append((name, finite))
+        self._finite = finite if self._finite is None else self._finite & finite.to(self._finite.device)
+        return flat.masked_fill_(~finite, 0)
+
+    def _bad_names(self, checks):
+        """The names among ``checks`` (see ``_checks``) whose gradient was not finite (one host read)."""
+        if not checks:
+            return []
+        finite = torch.stack([ok.to(checks[0][1].device) for _, ok in checks]).tolist()
+        return [name for (name, _), ok in zip(checks, finite) if not ok]
 
     def _send(self, route, payload, ctx, out, reference=None, communicator=None):
         self.stats["bytes_sent"] += payload.tensor.numel() * payload.tensor.element_size()
@@ -351,9 +376,9 @@ class Exchange:
             flag = self.local.wait(self.local.start(Payload(flag, "broadcast", 0), "dgc.nonfinite.host"))
         else:
             flag = self.communicator.wait(self._flag if self._flag is not None else self._start_flag())
-        bad = self._bad
-        self._bad, self._flag, self._kind = [], None, None
-        if not bool(flag.reshape(-1).ne(0).any()):
+        checks = self._checks
+        self._finite, self._checks, self._flag, self._kind = None, [], None, None
+        if not bool(flag.reshape(-1).ne(0).any()):         # the step's one host read of the non-finite decision
             if commit:
                 self.commit()
             return False
@@ -362,6 +387,7 @@ class Exchange:
         if self.loss_scale is not None:
             self.loss_scale.update(True)
         if self.nonfinite == "stop":
+            bad = self._bad_names(checks)
             mine = f"on this rank in {bad[:5]}" if bad else "on another rank"
             raise FloatingPointError(f"non-finite gradient (nan or inf) {mine}; every rank stopped (nonfinite="
                                      "'stop'); the memory holds the state before this step")
@@ -383,10 +409,14 @@ class Exchange:
 
     def _flag_tensor(self, dtype, device=None):
         """1 where this rank saw a non-finite gradient this step, else 0, as one element of ``dtype`` on
-        ``device`` (default: the parameters'; where the payloads are, as NCCL moves only GPU tensors)."""
-        if device is None:
-            device = next(iter(self.routes.values())).param.device
-        return torch.tensor([1 if self._bad else 0], dtype=dtype, device=device)
+        ``device`` (default: where the checked gradients are, else the parameters'; where the payloads are, as
+        NCCL moves only GPU tensors): made from the device flag, or filled on the device, never copied from
+        a host value (that copy would wait for the device)."""
+        if self._finite is None:
+            device = device if device is not None else next(iter(self.routes.values())).param.device
+            return torch.zeros(1, dtype=dtype, device=device)
+        device = device if device is not None else self._finite.device
+        return (~self._finite).reshape(1).to(device=device, dtype=dtype, non_blocking=True)
 
     def _start_flag(self):
         """Start this rank's flag through the collective, dtype and device of the step's payload whose name
@@ -406,7 +436,7 @@ class Exchange:
             self.communicator.wait(self._flag)
         if self._snapshot is not None:
             self.compressor.load_state_dict(self._snapshot)
-        self._snapshot, self._bad, self._flag, self._kind = None, [], None, None
+        self._snapshot, self._finite, self._checks, self._flag, self._kind = None, None, [], None, None
 
     def follow_optimizer(self):
         """Make a momentum-correcting memory use the optimizer's momentum and Nesterov setting (§3.2); refuse
@@ -559,16 +589,12 @@ def _names_restored(state, snapshot, names):
     return {key: _names_restored(value, before.get(key), names) for key, value in state.items()}
 
 
-def _check_gradient(flat, name, raise_nonfinite=True):
-    """Reject an unsupported dtype, naming the parameter; return whether the values are finite, or raise
-    if not and ``raise_nonfinite`` (one reduction; its host sync is of the same kind as the selection's own)."""
+def _all_finite(flat, name):
+    """Reject an unsupported dtype, naming the parameter; return whether every value is finite, as a 0-d bool
+    tensor on ``flat``'s device (one reduction, no host read: a sum is finite unless a value is not, or the
+    values are so large that it overflows, which such a gradient should not pass either)."""
     if flat.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"gradient of {name!r} has dtype {flat.dtype}; supported: "
                         f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
     total = flat.sum(dtype=torch.float32) if flat.element_size() < 4 else flat.sum()
-    if torch.isfinite(total):
-        return True
-    if raise_nonfinite:
-        raise FloatingPointError(f"gradient of {name!r} has non-finite values (nan or inf); it was not "
-                                 "accumulated into the residual")
-    return False
+    return torch.isfinite(total)

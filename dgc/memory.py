@@ -192,23 +192,21 @@ class DGCSGDMemory(_BufferMemory):
 
     def compensate(self, grad, name, decay=None):
         """Clip ``grad``, fold in ``decay``, then ``u = m*u + g``, ``v += u`` (Nesterov: ``v += g + m*u``);
-        return ``v``. On the CPU chunk by chunk, so the clipped and decayed gradient and ``u`` are still in
-        cache when ``v`` reads them, no full-size temporary is made, and an unclipped gradient (the clip
-        factor is read on the host, where that costs nothing) is not multiplied by 1."""
+        return ``v``. The clip factor min(1, max_norm / ||g||) stays on the device (a host read per tensor would
+        stall the GPU), so every gradient is multiplied by it, exactly by 1 where unclipped. On the CPU chunk
+        by chunk, so the clipped and decayed gradient and ``u`` are still in cache when ``v`` reads them and
+        no full-size temporary is made."""
         if self.momentum is None:
             raise RuntimeError("DGCSGDMemory: momentum is unset; give momentum= or let the distributed "
                                "optimizer call follow() with its optimizer's momentum")
-        on_cpu = grad.device.type == "cpu"
         scale = None
         if self.gradient_clipping is not None:
             max_norm = self.gradient_clipping * self.world_size ** 0.5
             norm = torch.linalg.vector_norm(grad, dtype=buffer_dtype(grad.dtype))
             scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-            if on_cpu:
-                scale = float(scale) if scale < 1 else None
         param, weight_decay = decay if decay is not None else (None, 0)
         (u, u_new), (v, v_new) = self._pair("momentums", name, grad), self._pair("velocities", name, grad)
-        step = _CHUNK if on_cpu else grad.numel()
+        step = _CHUNK if grad.device.type == "cpu" else grad.numel()
         scratch = None
         if scale is not None or weight_decay:
             scratch = torch.empty(min(step, grad.numel()), dtype=u.dtype, device=grad.device)

@@ -90,11 +90,8 @@ class DGCCompressor(SparseCompressor):
         num_samples = max(math.ceil(numel * self.sample_ratio), min(numel, 1024))
         if 2 * num_samples >= numel:
             return x.abs().topk(k, sorted=False).indices
-        sample = self._sample(x, num_samples)
-        sample_k = min(sample.numel(), max(self.min_sample_topk,
-                                           math.ceil(sample.numel() * k / numel * self.compress_upper_bound)))
-        threshold = sample.abs().topk(sample_k, sorted=False).values.min()
-        for _ in range(self.max_adaptation_iters + 1):
+        threshold = self._threshold(x, k, num_samples)
+        for _ in range(self.max_adaptation_iters + 1):      # each scan reads its candidate count on the host
             candidates = self._scan(x, threshold)
             if candidates.numel() >= k:
                 break
@@ -107,13 +104,34 @@ class DGCCompressor(SparseCompressor):
             return candidates[x[candidates].abs().topk(k, sorted=False).indices]
         return candidates[:k]
 
-    def _sample(self, x, num_samples):
+    def _sample_k(self, num_samples, k, numel):
+        """How many of ``num_samples`` sampled magnitudes lie above the threshold: the sample's share of
+        ``compress_upper_bound * k``, at least ``min_sample_topk``."""
+        return min(num_samples, max(self.min_sample_topk,
+                                    math.ceil(num_samples * k / numel * self.compress_upper_bound)))
+
+    def _threshold(self, x, k, num_samples):
+        """The sampled threshold, a 0-d tensor on ``x``'s device (no host read): the ``_sample_k``-th largest
+        |value| of ``num_samples`` random elements, or of every ``stride``-th one from a random start in
+        [0, stride) (``x[start::stride]``: q or q + 1 elements, where numel = q * stride + r, as start < r). Its
+        size depends on the start, which stays on the device: the q + 1 positions are taken, the last one's
+        magnitude is 0 when it lies past the end (a 0 never lowers the k-th largest of magnitudes), and the
+        k-th largest for the true size is picked from one sorted top-k."""
         numel = x.numel()
-        if self.strided_sample:
-            stride = numel // num_samples
-            start = int(torch.randint(stride, (1,)))
-            return x[start::stride]
-        return x[torch.randint(numel, (num_samples,), device=x.device)]
+        if not self.strided_sample:
+            sample = x[torch.randint(numel, (num_samples,), device=x.device)]
+            return sample.abs().topk(self._sample_k(num_samples, k, numel), sorted=False).values.min()
+        stride = numel // num_samples
+        start = torch.randint(stride, (1,), device=x.device)
+        full, extra = divmod(numel, stride)
+        positions = start + stride * torch.arange(full + (extra > 0), device=x.device)
+        magnitude = x[positions.clamp(max=numel - 1)].abs()
+        if not extra:
+            return magnitude.topk(self._sample_k(full, k, numel), sorted=False).values.min()
+        magnitude = torch.where(positions < numel, magnitude, 0)
+        short, long = self._sample_k(full, k, numel), self._sample_k(full + 1, k, numel)
+        top = magnitude.topk(max(short, long)).values
+        return top[torch.where(start < extra, long, short) - 1].reshape(())
 
 
 _SCAN_CHUNK = 1 << 16

@@ -119,9 +119,9 @@ class Pairs:
         if self.index_dtype == torch.int16:
             indices, order = indices.sort()
             wire, decoded = wire[order], decoded[order]
-            if self._blocks(numel):
-                counts = torch.bincount(indices // self.BLOCK, minlength=self._blocks(numel)).to(torch.int32)
-                counts = counts.view(torch.uint8)
+            if self._blocks(numel):     # per block, from the sorted indices: no atomics, no host read
+                starts = torch.arange(self._blocks(numel) + 1, device=indices.device) * self.BLOCK
+                counts = torch.searchsorted(indices, starts).diff().to(torch.int32).view(torch.uint8)
             offsets = indices % self.BLOCK                    # as int16: 2^15.. become negative; add() masks
             wire_indices = torch.where(offsets >= 2 ** 15, offsets - self.BLOCK, offsets).to(torch.int16)
         else:
@@ -150,12 +150,10 @@ class Pairs:
         indices = _aligned(rows[:, indices_start:]).view(self.index_dtype).long()
         if self.index_dtype == torch.int16:
             indices &= self.BLOCK - 1
-            if counts_size:
-                block_counts = _aligned(rows[:, values_end:indices_start]).view(torch.int32).long()
-                blocks = torch.arange(block_counts.shape[1], device=rows.device)
-                for worker, worker_counts in enumerate(block_counts):
-                    real = blocks.repeat_interleave(worker_counts)
-                    indices[worker, :real.numel()] += real * self.BLOCK
+            if counts_size:     # a pair's block: how many blocks end at or before its position in the row
+                ends = _aligned(rows[:, values_end:indices_start]).view(torch.int32).long().cumsum(1)
+                positions = torch.arange(capacity, device=rows.device).expand(rows.shape[0], capacity)
+                indices += torch.searchsorted(ends, positions.contiguous(), right=True) * self.BLOCK
         for worker_indices, worker_values, count in zip(indices, values, counts):
             total.index_add_(0, worker_indices[:count], worker_values[:count])
         return total

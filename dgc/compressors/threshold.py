@@ -1,7 +1,9 @@
 """Threshold sparsification (Strom, Interspeech 2015): send every value with |x| >= ``threshold``, a count
 that differs per worker and step, possibly zero. Two rounds keep every collective's size known in advance:
 the workers allgather their counts (4 bytes each), then allgather their pairs padded to the largest count;
-when no worker selected anything the second round is skipped on every rank alike (no empty collective)."""
+when no worker selected anything the second round is skipped on every rank alike (no empty collective).
+The count is counted on the device and read on the host once per tensor, with the gathered counts (which the
+second round's size needs): the selection then has a known size (``nonzero_static``)."""
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +15,10 @@ from dgc.compressors.sparse import Pairs, accumulator
 @dataclass
 class _Ctx:
     name: str
-    values: torch.Tensor
-    indices: torch.Tensor
+    flat: torch.Tensor
+    """The compressed tensor, unchanged until the second round selects from it (the memory is updated only
+    from that round's ``sent``)."""
+    count: torch.Tensor
     numel: int
     dtype: torch.dtype
     counts: list = None
@@ -36,23 +40,23 @@ class ThresholdCompressor(Compressor):
         self.counts = {}
 
     def compress(self, tensor, name):
+        """Round 1: this worker's count as int32 (4 bytes), counted on the device; nothing is sent yet."""
         flat = tensor.view(-1)
         self.pairs.check_addressable(flat, name)
-        indices = (flat.abs() >= self.threshold).nonzero().view(-1)
-        values = flat[indices]
-        _, sent = self.pairs.encode(values, indices, indices.numel(), flat.numel())
-        count = torch.tensor([indices.numel()], dtype=torch.int32, device=flat.device).view(torch.uint8)
-        return Payload(count, "allgather", indices.numel(), sent), _Ctx(name, values, indices, flat.numel(), tensor.dtype)
+        count = (flat.abs() >= self.threshold).sum(dtype=torch.int32).reshape(1)
+        return Payload(count.view(torch.uint8), "allgather", 0), _Ctx(name, flat, count, flat.numel(), tensor.dtype)
 
     def decompress(self, result, ctx, out=None):
-        """Round 1 (the counts arrived): the padded pairs' payload, or zeros when every count is 0.
-        Round 2: the average of every worker's real pairs."""
-        total = accumulator(ctx.numel, ctx.dtype, result.device, out)
+        """Round 1 (the counts arrived): the padded pairs' payload, with what this worker sent, or zeros when
+        every count is 0. Round 2: the average of every worker's real pairs."""
         if ctx.counts is None:
-            ctx.counts = self.counts[ctx.name] = result.view(torch.int32).tolist()
-            if max(ctx.counts) > 0:
-                row, _ = self.pairs.encode(ctx.values, ctx.indices, max(ctx.counts), ctx.numel)
-                return Payload(row, "allgather", 0), ctx
-            return total
+            *counts, mine = torch.cat([result.view(torch.int32), ctx.count]).tolist()   # the one host read
+            ctx.counts = self.counts[ctx.name] = counts
+            if max(counts) > 0:
+                indices = torch.nonzero_static(ctx.flat.abs() >= self.threshold, size=mine).view(-1)
+                row, sent = self.pairs.encode(ctx.flat[indices], indices, max(counts), ctx.numel)
+                return Payload(row, "allgather", mine, sent), ctx
+            return accumulator(ctx.numel, ctx.dtype, result.device, out)
+        total = accumulator(ctx.numel, ctx.dtype, result.device, out)
         self.pairs.add(total, result.view(len(ctx.counts), -1), ctx.counts, ctx.dtype)
         return total.div_(len(ctx.counts))

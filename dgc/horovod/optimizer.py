@@ -20,7 +20,7 @@ from horovod.torch.compression import Compressor as HorovodCompressor
 from dgc.buffers import BufferSnapshot
 from dgc.compressors.base import Payload
 from dgc.compressors.fp16 import FP16Compressor
-from dgc.exchange import Exchange, _check_gradient
+from dgc.exchange import Exchange
 from dgc.fused import FusedCommunicator
 from dgc.horovod.communicator import HorovodCommunicator, hierarchical_communicators
 from dgc.optim import step_corrected, unhooked
@@ -127,9 +127,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                              f"sparse=True)) and {where}, which needs dense gradients; pass sparse_as_dense=True")
         grad = grad.coalesce()
         indices, values = grad.indices().t().contiguous(), grad.values().contiguous()
-        if not _check_gradient(values.reshape(-1), name, False):
-            self.exchange._bad.append(name)     # the step's flag then skips (or stops) it on every rank
-            values = torch.zeros_like(values)
+        values = self.exchange._checked(values.reshape(-1), name).view(values.shape)    # into the step's flag
         stats, comm = self.exchange.stats, self._sparse_communicator()
         stats["bytes_sent"] += indices.numel() * indices.element_size() + values.numel() * values.element_size()
         stats["values_sent"] += values.numel()
