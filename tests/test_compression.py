@@ -49,24 +49,24 @@ def test_selection_sends_exactly_k_largest(numel, kind, strided, device):
     _assert_exact_topk(x, idx, k)
 
 
-def _fixed_sample(value):
-    def sample(self, x, num_samples):
-        return torch.full((num_samples,), value, device=x.device)
-    return sample
+def _fixed_threshold(value):
+    def threshold(self, x, k, num_samples):
+        return torch.tensor(value, device=x.device)
+    return threshold
 
 
 @pytest.mark.parametrize("iters", [0, 3, 30])
 def test_threshold_adaptation_and_exact_fallback(monkeypatch, iters, device):
     """A sample that overestimates the threshold forces rescans, then the exact fallback; still exact."""
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(1)).to(device)
-    monkeypatch.setattr(DGCCompressor, "_sample", _fixed_sample(100.0))
+    monkeypatch.setattr(DGCCompressor, "_threshold", _fixed_threshold(100.0))
     c = DGCCompressor(max_adaptation_iters=iters)
     _assert_exact_topk(x, c.select(x, 200), 200)
 
 
 def test_resample_false_keeps_k_candidates_above_threshold(monkeypatch, device):
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(2)).to(device)
-    monkeypatch.setattr(DGCCompressor, "_sample", _fixed_sample(2.0))
+    monkeypatch.setattr(DGCCompressor, "_threshold", _fixed_threshold(2.0))
     c = DGCCompressor(resample=False)
     idx = c.select(x, 200)
     assert idx.numel() == 200 and torch.unique(idx).numel() == 200

@@ -142,7 +142,8 @@ class _Scanner:
 
     On the CPU, |x| is formed chunk by chunk in a cache-sized buffer and compared into a reused boolean
     mask; the mask is then read as 64-bit words, so ``nonzero`` scans an eighth of the elements and only
-    the few non-zero words are expanded to element indices. Elsewhere (GPU) plain torch ops are fast.
+    the few non-zero words are expanded to element indices (two reads of a count, of host memory: nothing
+    waits). Elsewhere (GPU) plain torch ops are fast, and ``nonzero`` reads its count once.
     Buffers are reused across calls (compression runs tensor by tensor, never concurrently)."""
 
     def __init__(self):
