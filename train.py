@@ -525,6 +525,7 @@ def train(args, cfg, dataset):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.txt").write_text(f"# {' '.join(sys.argv)}\n{description}\n")
     info = {"run": run_dir.name, "dataset": cfg.data.name, "model": cfg.model.target.__name__, "num_workers": world,
+            "device": device.type,
             "compression": "none" if cfg.train.compression is None else cfg.train.compression.target.__name__,
             "dense_bytes_per_step": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)}
     log = RunLog(run_dir, info, cfg.train.target_accuracy, history, enabled=rank == 0)
