@@ -114,7 +114,8 @@ def build_optimizer(cfg, model, world_size, communicator=None):
 
 
 def build_ddp(cfg, model, world_size):
-    """The torch backend: ``model`` in DistributedDataParallel with DDP's own allreduce for the baseline, or
+    """The torch backend: ``model`` (on its device: DDP drives the GPU it is on) in DistributedDataParallel
+    with DDP's own allreduce for the baseline, or
     the configured compressor and memory through :mod:`dgc.torch`'s communication hook (fused with
     ``train.fuse_exchange``). Returns ``(ddp_model, optimizer, exchange statistics, step)``, ``step()``
     being the optimizer step to call (the hook's: it skips agreed bad steps and steps corrected tensors
@@ -125,7 +126,8 @@ def build_ddp(cfg, model, world_size):
     from dgc.exchange import DenseStats
 
     optimizer = scaled_optimizer(cfg, model, world_size)
-    ddp = DistributedDataParallel(model)
+    device = next(model.parameters()).device
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.train.compression is None and cfg.train.torch_hook is not None:
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
         state = cfg.train.torch_hook()
@@ -225,17 +227,19 @@ def probe_writable(folder):
     return None
 
 
-def evaluate(model, loader, hvd, channels_last, name):
-    """Loss, top-1 and top-5 (percent) over the whole test set (each rank holds a disjoint shard)."""
+def evaluate(model, loader, hvd, channels_last, name, device):
+    """Loss, top-1 and top-5 (percent) over the whole test set (each rank holds a disjoint shard), on
+    ``device``: the sums stay there until the one allreduce at the end."""
     import torch
     from training.runlog import sum_over_workers, topk_correct
 
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct1 = correct5 = torch.zeros(())
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct1 = correct5 = torch.zeros((), device=device)
     count = 0
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
@@ -254,6 +258,7 @@ def main(argv=None):
     try:
         cfg = load_configs(args.config_files, args.overrides, root=ROOT / "configs")
         check_config(cfg)
+        check_device(cfg, args.backend)
         if args.backend == "torch" and cfg.train.hierarchical:
             raise ConfigError("train.hierarchical=True needs --backend horovod (its per-host process sets)")
         if args.backend != "torch" and cfg.train.torch_hook is not None:
@@ -314,6 +319,106 @@ def check_config(cfg):
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
         raise ConfigError("config key 'train.check_replicas_every' must be None (once per epoch) or an int >= 0 "
                           f"(steps; 0: never), got {every!r}")
+    check_device_keys(cfg)
+
+
+def check_device_keys(cfg):
+    """Fail before anything starts on a bad ``train.device`` or ``train.dist_backend``, on "cuda" where CUDA
+    is not available, and on a process-group backend that has none for the training device's tensors."""
+    import torch
+    from training.config import ConfigError
+    if cfg.train.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("config key 'train.device' must be 'auto' (this rank's GPU if CUDA is available, else "
+                          f"the CPU), 'cpu' or 'cuda', got {cfg.train.device!r}")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        why = (f"this torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else
+               f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+               + (f" with CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
+                  if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
+        raise ConfigError(f"train.device='cuda' but CUDA is not available here ({why}); set train.device='cpu' "
+                          "(or 'auto': the GPU where there is one)")
+    backend = cfg.train.dist_backend
+    if backend is None:
+        return
+    served = backend_devices(backend)
+    if served is None:
+        import torch.distributed as dist
+        known = [b for b in dist.Backend.backend_list if b != "undefined"]
+        raise ConfigError("config key 'train.dist_backend' must be None (\"cpu:gloo,cuda:nccl\" on a GPU, \"gloo\" "
+                          f"on the CPU) or a torch.distributed backend (one of {', '.join(known)}) or "
+                          f"device:backend pairs for cpu and cuda, e.g. 'cpu:gloo,cuda:nccl'; got {backend!r}")
+    kind = device_type(cfg)
+    if kind not in served:
+        raise ConfigError(f"train.dist_backend={backend!r} has no backend for {kind} tensors and train.device="
+                          f"{cfg.train.device!r} trains on the {kind.upper()}; add one (e.g. 'cpu:gloo,cuda:nccl') "
+                          "or leave train.dist_backend None")
+
+
+def backend_devices(backend):
+    """``{device type: backend name}`` that the process-group backend string ``backend`` serves ("gloo": the
+    CPU and CUDA; "nccl": CUDA only; "cpu:gloo,cuda:nccl": as written), or None where it is not one."""
+    import torch.distributed as dist
+    known = set(dist.Backend.backend_list) - {"undefined"}
+    served = {}
+    for part in backend.split(",") if isinstance(backend, str) else [""]:
+        device, _, name = part.rpartition(":")
+        devices = [device] if device else ["cuda"] if name == "nccl" else ["cpu", "cuda"]
+        if name not in known or not set(devices) <= {"cpu", "cuda"} or set(devices) & set(served):
+            return None
+        served.update(dict.fromkeys(devices, name))
+    return served
+
+
+def device_type(cfg):
+    """"cuda" or "cpu": ``train.device``, "auto" being the GPU where CUDA is available."""
+    import torch
+    if cfg.train.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.train.device
+
+
+def dist_backend(cfg):
+    """The torch backend's process-group backend: ``train.dist_backend``, else NCCL for CUDA tensors beside
+    Gloo for the CPU's (object collectives pickle to the CPU) on a GPU, Gloo on the CPU."""
+    return cfg.train.dist_backend or ("cpu:gloo,cuda:nccl" if device_type(cfg) == "cuda" else "gloo")
+
+
+def check_device(cfg, backend):
+    """What the training device needs of ``backend`` (horovod or torch), checked before any process starts:
+    ``train.dist_backend`` is the torch backend's; Horovod trains on the GPU only when built with CUDA; NCCL
+    takes one GPU per rank."""
+    import torch
+    from training.config import ConfigError
+    kind = device_type(cfg)
+    if backend != "torch":
+        if cfg.train.dist_backend is not None:
+            raise ConfigError(f"train.dist_backend={cfg.train.dist_backend!r} is the torch backend's process group "
+                              "(--backend torch); Horovod uses the operations it was built with")
+        if kind == "cuda":
+            import horovod.torch as hvd
+            if not hvd.cuda_built():
+                raise ConfigError(f"train.device={cfg.train.device!r} trains on the GPU, but this Horovod is "
+                                  "built without CUDA; build it with HOROVOD_GPU_OPERATIONS=NCCL bash "
+                                  "scripts/setup.sh, set train.device='cpu', or use --backend torch")
+        return
+    if kind != "cuda" or backend_devices(dist_backend(cfg)).get("cuda") != "nccl":
+        return
+    ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if ranks > gpus:
+        raise ConfigError(f"{ranks} ranks on this host and {gpus} GPU{'s' * (gpus != 1)}: NCCL takes one GPU per "
+                          f"rank; start at most {gpus} per host (torchrun --nproc-per-node {gpus}), or set "
+                          "train.dist_backend='gloo' (ranks then share GPUs, their tensors through host memory)")
+
+
+def training_device(cfg, local_rank):
+    """The device this rank trains on, made current: the CPU, or (CUDA) GPU ``local_rank`` of this host's
+    (modulo their number: ranks beyond it share GPUs, which Gloo allows and NCCL refuses)."""
+    import torch
+    if device_type(cfg) == "cpu":
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
 
 
 def train(args, cfg, dataset):
@@ -330,7 +435,11 @@ def train(args, cfg, dataset):
     from training import data as data_lib
     from training.runlog import RunLog, sum_over_workers
 
-    hvd.init(process_sets="dynamic" if cfg.train.hierarchical else None)   # hierarchical: per-host sets
+    if args.backend == "torch":
+        hvd.init(backend=dist_backend(cfg))
+    else:
+        hvd.init(process_sets="dynamic" if cfg.train.hierarchical else None)   # hierarchical: per-host sets
+    device = training_device(cfg, hvd.local_rank())      # current before the first collective (NCCL's)
     rank, world = hvd.rank(), hvd.size()
     torch.set_num_threads(cfg.train.num_threads or max(1, torch.get_num_threads() // hvd.local_size()))
     torch.manual_seed(cfg.seed)
@@ -344,9 +453,9 @@ def train(args, cfg, dataset):
             print(f"train.py: error: {problem}", file=sys.stderr)
         return 2
 
-    model = cfg.model()
+    model = cfg.model().to(device)     # before the distributed optimizer or DDP takes its parameters
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
-    autocast = (lambda: torch.autocast("cpu", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     data_lib.seed_rank(cfg.seed, rank)
     # Inputs only: channels_last parameters would give non-contiguous gradients, which Horovod refuses.
     channels_last = cfg.train.channels_last
@@ -383,7 +492,7 @@ def train(args, cfg, dataset):
                 print(f"train.py: error: --evaluate: no checkpoint at {main_ckpt}", file=sys.stderr)
             return 2
         model.load_state_dict(ckpt.load(main_ckpt)["model"])
-        result = evaluate(model, test_loader, hvd, channels_last, "eval")
+        result = evaluate(model, test_loader, hvd, channels_last, "eval", device)
         if rank == 0:
             print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
         return 0
@@ -395,7 +504,8 @@ def train(args, cfg, dataset):
     try:
         start_epoch, history = ckpt.resume(main_ckpt, ckpt_dir, rank, world, description, model, optimizer,
                                            scheduler, exchange, all_ok=lambda ok: hvd.allreduce(
-                                               torch.tensor(float(ok)), op=hvd.Min, name="dgc.resume").item() == 1,
+                                               torch.tensor(float(ok), device=device), op=hvd.Min,
+                                               name="dgc.resume").item() == 1,
                                            leaders=leaders)
     except ckpt.ResumeError as error:
         if rank == 0:
@@ -415,6 +525,7 @@ def train(args, cfg, dataset):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.txt").write_text(f"# {' '.join(sys.argv)}\n{description}\n")
     info = {"run": run_dir.name, "dataset": cfg.data.name, "model": cfg.model.target.__name__, "num_workers": world,
+            "device": device.type,
             "compression": "none" if cfg.train.compression is None else cfg.train.compression.target.__name__,
             "dense_bytes_per_step": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)}
     log = RunLog(run_dir, info, cfg.train.target_accuracy, history, enabled=rank == 0)
@@ -423,8 +534,8 @@ def train(args, cfg, dataset):
         sampler.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros(())
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)     # read at logging steps only
+        correct = torch.zeros((), device=device)
         seen = steps = bytes_sent = 0
         sums = {"compression_ratio": 0.0, "compress_s": 0.0, "decompress_s": 0.0}
         errors, snrs = [], []
@@ -435,6 +546,7 @@ def train(args, cfg, dataset):
             exchange.set_epoch(epoch + i / num_batches if cfg.train.compression_warmup_per_step else epoch)
             every = cfg.train.measure_error_every    # sampled steps also measure the error against dense
             exchange.measure_error = every > 0 and (epoch * steps_per_epoch + steps + 1) % every == 0
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             accumulating = (i + 1) % passes and i + 1 < num_batches
@@ -479,7 +591,7 @@ def train(args, cfg, dataset):
         bar.close()
         train_loss, train_correct, train_seen = sum_over_workers(hvd, [loss_sum, correct, seen], f"train.{epoch}")
         train_time = time.perf_counter() - started
-        result = evaluate(model, test_loader, hvd, channels_last, f"eval.{epoch}")
+        result = evaluate(model, test_loader, hvd, channels_last, f"eval.{epoch}", device)
         record = {"epoch": epoch + 1, "train_loss": train_loss / train_seen, "train_top1": 100 * train_correct / train_seen,
                   **result, "epoch_time_s": time.perf_counter() - started, "images_per_s": train_seen / train_time,
                   "steps": steps, "bytes_sent": bytes_sent,

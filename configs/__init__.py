@@ -34,6 +34,8 @@ configs.train.compression_warmup_per_step = False   # DGC warm-up ratio updated 
 configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs and time to reach it
 configs.train.channels_last = False      # channels_last input batches (faster convolutions on CPU)
 configs.train.num_threads = 0           # torch threads per rank; 0: cores / workers on this host
+configs.train.device = "auto"           # "auto": this rank's GPU if CUDA is available, else the CPU; "cpu"; "cuda"
+configs.train.dist_backend = None       # --backend torch: None is "cpu:gloo,cuda:nccl" on a GPU, "gloo" on the CPU
 configs.train.log_every = 1             # steps between TensorBoard step scalars
 configs.train.check_replicas_every = None   # steps between replica checks (parameter checksums compared across
                                         # ranks, dgc/replicas.py); None: once per epoch, at its last step; 0: never

@@ -509,8 +509,11 @@ class Exchange:
         return state
 
     def load_state_dict(self, state):
-        self.compressor.load_state_dict(state["compressor"])
-        self.memory.load_state_dict(state["memory"])
+        """Restore :meth:`state_dict`'s ``state``; its per-tensor entries (residuals, momenta, PowerSGD's Q) go
+        to the device of the parameter they belong to (a checkpoint loads on the CPU and resumes anywhere)."""
+        devices = {name: route.param.device for name, route in self.routes.items()}
+        self.compressor.load_state_dict(_on_parameter_devices(state["compressor"], devices))
+        self.memory.load_state_dict(_on_parameter_devices(state["memory"], devices))
         self.skipped_steps = state.get("skipped_steps", 0)
         if self.loss_scale is not None and "loss_scale" in state:
             self.loss_scale.load_state_dict(state["loss_scale"])
@@ -572,6 +575,17 @@ def _containers_copied(state):
         return {key: _containers_copied(value) for key, value in state.items()}
     if type(state) in (list, tuple):
         return type(state)(_containers_copied(value) for value in state)
+    return state
+
+
+def _on_parameter_devices(state, devices):
+    """``state`` (a compressor's or memory's state_dict) with every tensor kept under a parameter's name (a
+    key of ``devices``, at any depth) on that parameter's device; other entries as they are."""
+    if isinstance(state, dict):
+        return {key: value.to(devices[key]) if isinstance(value, torch.Tensor) and key in devices
+                else _on_parameter_devices(value, devices) for key, value in state.items()}
+    if type(state) in (list, tuple):
+        return type(state)(_on_parameter_devices(value, devices) for value in state)
     return state
 
 

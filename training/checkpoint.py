@@ -55,18 +55,28 @@ def atomic_save(obj, path):
 
 
 def rng_state():
+    """The random states of this rank: CPU, NumPy, Python, and its own GPU's where it used CUDA (only the
+    current device's: every other GPU is another rank's, and reading its state would open a context there)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state):
+    """Restore :func:`rng_state`'s ``state``; its GPU state goes to the current device, if CUDA is available
+    (a CPU run's state leaves the GPU's as seeded; a GPU run's resumes on the CPU without it)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):     # older checkpoints: every device's state
+        device = torch.cuda.current_device()
+        cuda = cuda[device] if device < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 def rank_file(folder, rank, epoch):

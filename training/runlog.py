@@ -98,7 +98,9 @@ def _mean(history, key):
 
 
 def sum_over_workers(hvd, sums, name):
-    """Sum per-rank tensors over all workers (one allreduce) and return them as floats."""
-    total = hvd.allreduce(torch.stack([torch.as_tensor(s, dtype=torch.float64) for s in sums]),
+    """Sum per-rank tensors (and numbers) over all workers and return them as floats: one allreduce, on the
+    tensors' device (the training device, which the backend communicates on: NCCL takes no CPU tensor)."""
+    device = next((s.device for s in sums if isinstance(s, torch.Tensor)), torch.device("cpu"))
+    total = hvd.allreduce(torch.stack([torch.as_tensor(s, dtype=torch.float64, device=device) for s in sums]),
                           op=hvd.Sum, name=name)
     return total.tolist()
