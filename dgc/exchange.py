@@ -332,8 +332,8 @@ class Exchange:
         """``flat`` (a flat gradient, or a sparse one's values) with its dtype checked (TypeError naming the
         parameter) and its finiteness decided without a host read: with ``nonfinite`` set it joins the step's
         device flag and a tensor with a NaN/Inf is zeroed in place (compressors see finite values; the step is
-        rolled back; ``flat`` is overwritten by its average anyway); without, FloatingPointError at once (one
-        host read per tensor: single-process use only)."""
+        rolled back on every rank, and ``flat`` is the gradient its average replaces); without,
+        FloatingPointError at once (one host read per tensor: single-process use only)."""
         finite = _all_finite(flat, name)
         if self.nonfinite is None:
             if not finite:

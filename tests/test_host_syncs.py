@@ -3,12 +3,15 @@ gradients in backward order) through dgc.horovod.DistributedOptimizer, with ever
 train.py loads it, makes at most 2 GPU->host syncs in all (the step's non-finite decision, read once), or
 for the sparsifiers whose candidate count decides the payload (DGC, threshold) at most one per compressed
 tensor plus 2. Counted on the CPU by :class:`host_syncs.HostSyncCounter` over the whole step (zero_grad,
-forward, backward, optimizer.step(): the exchange runs in the backward hooks and the step)."""
+forward, backward, optimizer.step(): the exchange runs in the backward hooks and the step). The step's
+non-finite flag is made on the device, not copied from a host value."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
 from conftest import ROOT
+from dgc.exchange import Exchange
 from dgc.horovod import DistributedOptimizer
 from dgc.inprocess import InProcessGroup
 from host_syncs import HostSyncCounter
@@ -113,3 +116,33 @@ def test_a_skipped_step_keeps_the_budget_too(case, device):
     assert optimizer.skipped_steps == 1
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before)), "a skipped step moved the weights"
     assert syncs.count <= budget(optimizer), f"{case}: {syncs.count} host syncs: {syncs.ops}"
+
+
+class _Ops(TorchDispatchMode):
+    """Records the name of every aten op run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["finite", "nan"])
+def test_the_flag_is_made_on_the_device_not_copied_from_a_host_value(bad, device):
+    """The step's flag comes from the gradients' device flag (or a fill on the device before any gradient):
+    no tensor from Python data (``torch.tensor([...], device=cuda)`` is a blocking host-to-device copy)."""
+    param = torch.nn.Parameter(torch.zeros(8, device=device))
+    exchange = Exchange([("w", param)], InProcessGroup(1).communicator(0), nonfinite="skip")
+    with _Ops() as ops:
+        empty = exchange._flag_tensor(torch.float16)
+    grad = torch.ones(8, device=device)
+    grad[3] = float("nan") if bad else 1.0
+    exchange.finish([exchange.start("w", grad)])
+    with _Ops() as more:
+        flag = exchange._flag_tensor(torch.float16)
+    assert "lift_fresh" not in ops.names + more.names
+    assert empty.tolist() == [0.0] and flag.tolist() == [float(bad)] and flag.device == param.device
+    assert exchange.end_step() == bad

@@ -40,7 +40,8 @@ class ThresholdCompressor(Compressor):
         self.counts = {}
 
     def compress(self, tensor, name):
-        """Round 1: this worker's count as int32 (4 bytes), counted on the device; nothing is sent yet."""
+        """Round 1: this worker's count as int32 (4 bytes), counted on the device; the values are selected
+        once the counts are known (:meth:`decompress`)."""
         flat = tensor.view(-1)
         self.pairs.check_addressable(flat, name)
         count = (flat.abs() >= self.threshold).sum(dtype=torch.int32).reshape(1)
