@@ -89,7 +89,7 @@ def free_port():
 @pytest.mark.parametrize("device", devices())
 def test_train_resume_and_evaluate_on_the_device(device, tmp_path):
     """One torch-backend rank with PowerSGD (its Q and the residuals are the exchange state): 1 epoch, then
-    resumed to 2 (the checkpoint's state loaded on the device before the next step), then --evaluate. On
+    resumed to 2 (the checkpoint's state loaded on the device before the next step), then (CUDA) --evaluate. On
     CUDA over plain NCCL, which takes no CPU tensor: every collective's tensors (sums, flags, the resume
     agreement) are on the GPU."""
     run = tmp_path / "run"
@@ -104,6 +104,8 @@ def test_train_resume_and_evaluate_on_the_device(device, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["device"] == device.type and metrics["epochs"] == 2
     assert metrics["final_test_top1"] > 90 and metrics["mean_compression_ratio"] < 0.1, metrics
+    if device.type == "cpu":
+        return      # --evaluate on the CPU: test_train.py's CIFAR smoke runs
     result = run_train(*common, "train.num_epochs=2", "--evaluate", env={**env, "MASTER_PORT": str(free_port())})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"test_top1={metrics['final_test_top1']:.4f}" in result.stdout
