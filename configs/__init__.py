@@ -9,6 +9,7 @@ configs.seed = 42
 configs.data.name = None                # short dataset name used in the run directory name
 configs.data.dataset = None             # Config(builder, ...) returning {"train": ..., "test": ...}
 configs.data.num_workers = 0            # DataLoader worker processes per rank
+configs.data.prefetch_factor = 2        # batches each DataLoader worker loads ahead (with num_workers > 0)
 configs.data.train_fraction = 1.0       # < 1 trains on a fixed random subset (smoke runs)
 configs.data.test_fraction = 1.0
 

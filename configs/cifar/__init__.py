@@ -1,12 +1,14 @@
 """CIFAR-10 as in the DGC paper's CIFAR experiments: SGD momentum 0.9 + Nesterov, weight decay 1e-4,
 128 images per worker, lr 0.1 per worker with a 5-epoch linear warm-up then cosine decay, 200 epochs,
-random crop + flip augmentation. Data: the ImageFolder JPEG copy (scripts/get_cifar10.sh) or
-torchvision's binary release in the same folder."""
+random crop + flip augmentation (on the training device). Data: the ImageFolder JPEG copy
+(scripts/get_cifar10.sh; decoded once into a uint8 tensor file under data/cache) or torchvision's binary
+release in the same folder."""
 from training.config import Config, configs
 from training.data import cifar
 
 configs.data.name = "cifar10"
-configs.data.dataset = Config(cifar, root="data/cifar10", num_classes=10, download=False, augment=True)
+configs.data.dataset = Config(cifar, root="data/cifar10", num_classes=10, download=False, augment=True,
+                              cache="data/cache")
 configs.train.num_epochs = 200
 configs.train.batch_size = 128
 configs.train.optimizer.lr = 0.1
