@@ -460,7 +460,8 @@ def train(args, cfg, dataset):
     # Inputs only: channels_last parameters would give non-contiguous gradients, which Horovod refuses.
     channels_last = cfg.train.channels_last
     train_loader, sampler, test_loader = data_lib.loaders(dataset, cfg.train.batch_size, rank, world,
-                                                          cfg.data.num_workers, cfg.seed, device=device)
+                                                          cfg.data.num_workers, cfg.seed, device=device,
+                                                          prefetch_factor=cfg.data.prefetch_factor)
     passes = cfg.train.backward_passes_per_step
     num_batches = len(train_loader)
     if num_batches == 0:
