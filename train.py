@@ -115,11 +115,10 @@ def build_optimizer(cfg, model, world_size, communicator=None):
 
 def build_ddp(cfg, model, world_size):
     """The torch backend: ``model`` (on its device: DDP drives the GPU it is on) in DistributedDataParallel
-    with DDP's own allreduce for the baseline, or
-    the configured compressor and memory through :mod:`dgc.torch`'s communication hook (fused with
-    ``train.fuse_exchange``). Returns ``(ddp_model, optimizer, exchange statistics, step)``, ``step()``
-    being the optimizer step to call (the hook's: it skips agreed bad steps and steps corrected tensors
-    plainly)."""
+    with DDP's own allreduce for the baseline, or the configured compressor and memory through
+    :mod:`dgc.torch`'s communication hook (fused with ``train.fuse_exchange``). Returns ``(ddp_model,
+    optimizer, exchange statistics, step)``, ``step()`` being the optimizer step to call (the hook's: it
+    skips agreed bad steps and steps corrected tensors plainly)."""
     from torch.nn.parallel import DistributedDataParallel
 
     import dgc.torch as dgc_torch
@@ -277,7 +276,8 @@ def main(argv=None):
 
 
 def check_config(cfg):
-    """Fail before training on a missing section or a non-positive count."""
+    """Fail before training on a missing section, a non-positive count or another bad value (the device
+    keys: :func:`check_device_keys`)."""
     from training.config import ConfigError
     required = {"data.name": cfg.data.get("name"), "data.dataset": cfg.data.get("dataset"),
                 "model": cfg.get("model"), "train.optimizer": cfg.train.get("optimizer"),

@@ -63,6 +63,35 @@ def test_auto_is_the_gpu_only_where_cuda_is_available(monkeypatch):
     assert train.dist_backend(config("train.dist_backend='gloo'")) == "gloo"
 
 
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """A machine that pretends to have one GPU (only the checks' view of it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    return monkeypatch
+
+
+def test_horovod_without_cuda_cannot_train_on_the_gpu(one_gpu):
+    hvd = pytest.importorskip("horovod.torch")
+    one_gpu.setattr(hvd, "cuda_built", lambda: False)
+    with pytest.raises(ConfigError, match=r"train.device='auto' trains on the GPU, but this Horovod is built "
+                                          r"without CUDA; build it with HOROVOD_GPU_OPERATIONS=NCCL"):
+        train.check_device(config(), "horovod")
+    train.check_device(config("train.device='cpu'"), "horovod")
+
+
+def test_nccl_takes_one_gpu_per_rank(one_gpu):
+    """More ranks on a host than GPUs is an error before the process group starts, unless the CUDA tensors go
+    through Gloo (ranks then share GPUs)."""
+    one_gpu.setenv("LOCAL_WORLD_SIZE", "2")
+    for backend in (None, "nccl"):
+        with pytest.raises(ConfigError, match=r"2 ranks on this host and 1 GPU: NCCL takes one GPU per rank"):
+            train.check_device(config(f"train.dist_backend={backend!r}"), "torch")
+    train.check_device(config("train.dist_backend='gloo'"), "torch")
+    one_gpu.setenv("LOCAL_WORLD_SIZE", "1")
+    train.check_device(config(), "torch")
+
+
 def run_train(*args, env=()):
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     environment.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **dict(env))
