@@ -73,16 +73,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", required=True, metavar="FILE_OR_KEY=VALUE",
                         help="config files in order, then key=value overrides (as train.py takes them)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="default: the config's train.device where it names one, else CUDA when available")
     parser.add_argument("--batches", type=int, default=50, help="batches timed (after one warm-up batch)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this machine has no CUDA device")
     if args.batches < 1:
         parser.error(f"--batches must be at least 1, got {args.batches}")
     files = [c for c in args.configs if "=" not in c]
     try:
         cfg = load_configs(files, [c for c in args.configs if "=" in c], root=ROOT / "configs")
+        device = args.device or cfg.train.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            parser.error("device cuda: this machine has no CUDA device")
+        device = torch.device(device)
         started = time.perf_counter()
         dataset = cfg.data.dataset()
     except (ConfigError, data_lib.DatasetMissing) as error:
@@ -90,7 +95,6 @@ def main(argv=None):
     dataset["train"] = data_lib.subset(dataset["train"], cfg.data.train_fraction)
     dataset["test"] = data_lib.subset(dataset["test"], cfg.data.test_fraction)
     ready = time.perf_counter() - started
-    device = torch.device(args.device)
     batch_size = cfg.train.batch_size
     train, sampler, _ = data_lib.loaders(dataset, batch_size, 0, 1, cfg.data.num_workers, cfg.seed, device,
                                          prefetch_factor=cfg.data.prefetch_factor)

@@ -4,6 +4,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -40,3 +41,10 @@ def test_too_few_batches_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as stop:
         bench_input.main(["--configs", str(ROOT / "configs/digits/digitsnet.py"), "data.train_fraction=0.01"])
     assert stop.value.code == 2 and "make 0 batches of 32" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench_input.main(["--configs", str(ROOT / "configs/digits/digitsnet.py"), "--device", "cuda"])
+    assert stop.value.code == 2 and "no CUDA device" in capsys.readouterr().err
