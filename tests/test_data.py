@@ -263,3 +263,12 @@ def test_device_batches_make_the_host_wait_for_nothing():
     with host_syncs.HostSyncCounter() as syncs:
         count = sum(1 for _ in batches) + sum(1 for _ in test)
     assert count == 2 + 2 and syncs.ops == []
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path):
+    tree = fake_tree(tmp_path / "tree")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(data.DatasetMissing, match=r"image cache .*file/cache/tree-train-.*cannot be written"):
+        data.cifar(tree, num_classes=2, cache=tmp_path / "file" / "cache")
+    found = data.cifar(tree, num_classes=2, cache=None)
+    assert torch.equal(found["train"].images, decoded_by_pil(tree / "train")[0])

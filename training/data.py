@@ -171,18 +171,24 @@ def cached(path, build):
     state = read_cache(path)
     if state is not None:
         return state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(path.name + ".lock")):
-        if path.exists():
-            state = read_cache(path)
-            if state is not None:
-                return state
-        state = build()
-        state["checksum"] = tensors_checksum(state["images"], state["labels"])
-        temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-        return state
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_name(path.name + ".lock")):
+            if path.exists():
+                state = read_cache(path)
+                if state is not None:
+                    return state
+            state = build()
+            state["checksum"] = tensors_checksum(state["images"], state["labels"])
+            temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            torch.save(state, temporary)
+            os.replace(temporary, path)
+            return state
+    except OSError as error:
+        if isinstance(error, DatasetMissing):
+            raise
+        raise DatasetMissing(f"image cache {path} cannot be written ({error.strerror or error}); point the "
+                             "dataset's cache at a writable folder, or None to decode at every start") from None
 
 
 def image_folder_tensors(folder, cache):
