@@ -248,3 +248,27 @@ def test_other_datasets_go_through_pinned_prefetching_workers_to_the_device(devi
     x, y = next(iter(train))
     assert x.device.type == y.device.type == device.type and len(y) == 16
     assert sum(len(y) for _, y in test) == len(range(1, len(digits["test"]), 2))
+
+
+def test_device_batches_make_the_host_wait_for_nothing():
+    """Device-side batches run no op that would wait for a GPU (scalar reads, data-dependent sizes), so the
+    host queues the next batch while the GPU still trains on the last. The training epoch's first batch is
+    left out: it draws the sampler's permutation (on the host, with ``tolist``) and copies it over once."""
+    host_syncs = pytest.importorskip("host_syncs", reason="tests/host_syncs.py is not in this checkout")
+    images = numbered(48)
+    train, sampler, test = data.loaders({"train": images, "test": images}, 8, 0, 2, 0, 0)
+    sampler.set_epoch(1)
+    batches = iter(train)
+    next(batches)
+    with host_syncs.HostSyncCounter() as syncs:
+        count = sum(1 for _ in batches) + sum(1 for _ in test)
+    assert count == 2 + 2 and syncs.ops == []
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path):
+    tree = fake_tree(tmp_path / "tree")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(data.DatasetMissing, match=r"image cache .*file/cache/tree-train-.*cannot be written"):
+        data.cifar(tree, num_classes=2, cache=tmp_path / "file" / "cache")
+    found = data.cifar(tree, num_classes=2, cache=None)
+    assert torch.equal(found["train"].images, decoded_by_pil(tree / "train")[0])

@@ -89,7 +89,8 @@ def crop_flip(images, top, left, flip, padding=4):
 
 
 def normalize(images, mean, std):
-    """uint8 images to float32 in [0, 1], then per-channel ``(x - mean) / std``: ToTensor + Normalize's ops."""
+    """uint8 images to float32 in [0, 1], then per-channel ``(x - mean) / std``: ToTensor + Normalize's ops
+    (``mean``, ``std``: sequences, or float32 tensors already on the images' device, which copies nothing)."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
     return images.to(torch.float32).div(255).sub_(mean).div_(std)
@@ -170,18 +171,24 @@ def cached(path, build):
     state = read_cache(path)
     if state is not None:
         return state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(path.name + ".lock")):
-        if path.exists():
-            state = read_cache(path)
-            if state is not None:
-                return state
-        state = build()
-        state["checksum"] = tensors_checksum(state["images"], state["labels"])
-        temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-        return state
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_name(path.name + ".lock")):
+            if path.exists():
+                state = read_cache(path)
+                if state is not None:
+                    return state
+            state = build()
+            state["checksum"] = tensors_checksum(state["images"], state["labels"])
+            temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            torch.save(state, temporary)
+            os.replace(temporary, path)
+            return state
+    except OSError as error:
+        if isinstance(error, DatasetMissing):
+            raise
+        raise DatasetMissing(f"image cache {path} cannot be written ({error.strerror or error}); point the "
+                             "dataset's cache at a writable folder, or None to decode at every start") from None
 
 
 def image_folder_tensors(folder, cache):
@@ -275,7 +282,9 @@ class DeviceBatches:
 
     def __init__(self, dataset, batch_size, device, order, drop_last, seed=0):
         self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
-        self.augment, self.mean, self.std = dataset.augment, dataset.mean, dataset.std
+        self.augment = dataset.augment
+        # on the device once: a per-batch host-to-device copy of them would wait for the queued GPU work
+        self.mean, self.std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (dataset.mean, dataset.std))
         self.batch_size, self.device, self.order, self.drop_last, self.seed = batch_size, device, order, drop_last, seed
 
     def __len__(self):
