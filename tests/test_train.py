@@ -64,12 +64,28 @@ def run_plain(*args):
     (["--configs", *DIGITS, "configs/dgc/wm5.py", "train.amp='fp8'"], "train.amp.*None, 'bf16' or 'fp16'.*'fp8'"),
     (["--configs", *DIGITS, "train.amp='fp16'"], "train.amp='fp16' needs a compression"),
 ])
-def test_bad_input_fails_before_training(args, message, tmp_path):
-    result = run_plain("train.py", *args, "--run-dir", str(tmp_path / "run"))
-    assert result.returncode == 2, result.stderr
-    assert "error" in result.stderr
+def test_bad_input_fails_before_training(args, message, tmp_path, capsys, monkeypatch):
+    """train.py's main in this process (every check runs before a process group or a run directory exists;
+    the command line's exit status is the next test's)."""
     import re
-    assert re.search(message, result.stderr), result.stderr
+
+    import train
+    monkeypatch.chdir(ROOT)
+    try:
+        status = train.main([*args, "--run-dir", str(tmp_path / "run")])
+    except SystemExit as exit:      # argparse's errors
+        status = exit.code
+    stderr = capsys.readouterr().err
+    assert status == 2, stderr
+    assert "error" in stderr
+    assert re.search(message, stderr), stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_exits_2_from_the_command_line(tmp_path):
+    result = run_plain("train.py", "--configs", *DIGITS, "train.batch_size=0", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "train.py: error: " in result.stderr and "train.batch_size" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
 
 
