@@ -21,11 +21,34 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = pathlib.Path(sys.executable).parent
-RUNS = (("horovod", "dense"), ("torch", "dense"), ("horovod", "dgc"), ("torch", "dgc"))
+BACKENDS, METHODS = ("horovod", "torch"), ("dense", "dgc")
 
 
 def worker(args):
-    """One rank: time ``steps`` steps; rank 0 prints seconds per step as JSON."""
+    """One rank of one backend: for each method in turn (a fresh model, the same seed), time ``steps`` steps;
+    rank 0 prints each method's seconds per step as a JSON line (one job per backend: half the launches)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if args.backend == "horovod":
+        import horovod.torch as hvd
+        hvd.init()
+        rank = hvd.rank()
+    else:
+        import torch.distributed as dist
+        import dgc.torch as dgc_torch
+        dist.init_process_group("gloo")
+        rank = dist.get_rank()
+    for method in METHODS:
+        seconds = timed(args, method, rank)
+        if rank == 0:
+            print(json.dumps({"method": method, "seconds": seconds}), flush=True)
+    if args.backend == "torch":
+        dgc_torch.close_process_group()
+
+
+def timed(args, method, rank):
+    """Median seconds per step of ``method`` on ``args.backend`` (initialised), after 2 warm-up steps."""
     import torch
 
     from dgc.compressors.dgc import DGCCompressor
@@ -34,19 +57,13 @@ def worker(args):
     from dgc.memory import DGCSGDMemory
     from models import resnet20, vgg16
 
-    torch.set_num_threads(1)
-    backend, method = args.backend, args.method
+    backend = args.backend
     if backend == "horovod":
         import horovod.torch as hvd
         import dgc.horovod as dgc_hvd
-        hvd.init()
-        rank = hvd.rank()
     else:
-        import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
         import dgc.torch as dgc_torch
-        dist.init_process_group("gloo")
-        rank = dist.get_rank()
     torch.manual_seed(0)
     model = {"resnet20": resnet20, "vgg16": vgg16}[args.model]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -77,14 +94,12 @@ def worker(args):
         torch.nn.functional.cross_entropy(net(x), y).backward()
         step()
         times.append(time.perf_counter() - started)
-    if rank == 0:
-        print(json.dumps({"seconds": statistics.median(times[2:])}), flush=True)
-    if backend == "torch":
-        dgc_torch.close_process_group()
+    return statistics.median(times[2:])
 
 
-def launch(backend, method, args):
-    argv = [str(pathlib.Path(__file__).resolve()), "--worker", "--backend", backend, "--method", method,
+def launch(backend, args):
+    """Run one backend's job; return {method: seconds per step}."""
+    argv = [str(pathlib.Path(__file__).resolve()), "--worker", "--backend", backend,
             "--model", args.model, "--steps", str(args.steps), "--batch", str(args.batch)]
     if backend == "horovod":
         cmd = [str(BIN / "horovodrun"), "-np", str(args.workers), "-H", f"localhost:{args.workers}", "--gloo",
@@ -94,9 +109,9 @@ def launch(backend, method, args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
-        raise RuntimeError(f"bench_backends.py: {backend} {method} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-    line = next(line for line in out.stdout.splitlines() if '"seconds"' in line)
-    return json.loads(line[line.index("{"):])["seconds"]
+        raise RuntimeError(f"bench_backends.py: {backend} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    rows = [json.loads(line[line.index("{"):]) for line in out.stdout.splitlines() if '"seconds"' in line]
+    return {row["method"]: row["seconds"] for row in rows}
 
 
 def main(argv=None):
@@ -107,7 +122,6 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=("horovod", "torch"), help=argparse.SUPPRESS)
-    parser.add_argument("--method", choices=("dense", "dgc"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("workers", "steps", "batch"):
         if getattr(args, name) < 1:
@@ -117,11 +131,11 @@ def main(argv=None):
         return 0
     print(f"# bench_backends.py {' '.join(sys.argv[1:] if argv is None else argv)}; {os.cpu_count()} CPUs; "
           f"{args.workers} workers on this machine; median s/step over {args.steps} steps after 2 warm-up steps")
-    seconds = {run: launch(*run, args) for run in RUNS}
+    seconds = {backend: launch(backend, args) for backend in BACKENDS}
     print("\n| method | Horovod s/step | DDP s/step | DDP / Horovod |")
     print("| :--- | ---: | ---: | ---: |")
-    for method in ("dense", "dgc"):
-        h, t = seconds[("horovod", method)], seconds[("torch", method)]
+    for method in METHODS:
+        h, t = seconds["horovod"][method], seconds["torch"][method]
         label = "dense allreduce (each backend's own)" if method == "dense" else "DGC compact, fused (dgc exchange)"
         print(f"| {label} | {h:.3f} | {t:.3f} | {t / h:.2f} |")
     return 0
