@@ -1,18 +1,21 @@
 """The lossless sparse/dense switch (dgc/compressors/sparse.py; SparCML, SC'19): a selection whose allgather of
 pairs would move more bytes than a ring allreduce goes densely (zeros elsewhere) through an allreduce. Decided
 from sizes alone; the same averages and residuals as the sparse path, in fewer bytes; fused with the sparse
-tensors of the same step; decided per epoch of the warm-up; between the hosts' leaders, hierarchical. Real
-Horovod ranks (replicas identical): tests/mp/dgc_checks.py's check_dense_switch."""
+tensors of the same step; decided per epoch of the warm-up; between the hosts' leaders, hierarchical; from the
+gathered counts, threshold sparsification. Real Horovod ranks (replicas identical): tests/mp/dgc_checks.py's
+check_dense_switch."""
 import pytest
 import torch
 
 import dgc.horovod as dgc_hvd
 from dgc.compressors.dgc import DGCCompressor
-from dgc.costmodel import ring_allgather_bytes, ring_allreduce_bytes
+from dgc.compressors.threshold import ThresholdCompressor
 from dgc.compressors.topk import TopKCompressor
+from dgc.costmodel import ring_allgather_bytes, ring_allreduce_bytes
+from dgc.exchange import Exchange
 from dgc.fused import FusedCommunicator
 from dgc.inprocess import InProcessGroup
-from dgc.memory import DGCSGDMemory
+from dgc.memory import DGCSGDMemory, ResidualMemory
 from host_syncs import HostSyncCounter
 from test_hierarchical import SHAPES, run_hierarchical
 
@@ -220,3 +223,29 @@ def test_hierarchical_decides_for_the_leaders(ratio, dense):
         for step in range(2):
             for name in SHAPES:
                 assert torch.equal(averages[step][name], sparse[rank][0][step][name]), (rank, step, name)
+
+
+@pytest.mark.parametrize("threshold, dense", [(0.1, True), (0.9, False)])
+def test_threshold_decides_from_the_gathered_counts(threshold, dense):
+    """ThresholdCompressor: the counts round tells every rank the largest count, so the pairs' round goes densely
+    where the allgather of pairs padded to it would move more bytes (90% of 12-byte pairs at N=3), not at 10%;
+    the average and the residual are the allgather's, bit for bit."""
+    def exchange(switch):
+        group = InProcessGroup(WORKERS)
+
+        def worker(comm):
+            param = torch.nn.Parameter(torch.zeros(40, 64))
+            exchange = Exchange([("w", param)], comm, ThresholdCompressor(threshold, dense_switch=switch),
+                                ResidualMemory())
+            grad = torch.rand(40, 64, generator=torch.Generator().manual_seed(comm.rank)) - 0.5 * comm.rank
+            exchange.finish([exchange.start("w", grad)])
+            return grad, exchange.memory.state_dict()["residuals"]["w"]
+        results = group.run(worker)
+        return results, [collective for rank, _, collective, _ in group.log if rank == 0]
+
+    (switched, switched_log), (pairs, pairs_log) = exchange(True), exchange(False)
+    assert switched_log == ["allgather", "allreduce" if dense else "allgather"] and pairs_log == ["allgather"] * 2
+    for (average, residual), (reference, reference_residual) in zip(switched, pairs):
+        assert torch.equal(average, reference) and torch.equal(residual, reference_residual)
+    with pytest.raises(ValueError, match="ThresholdCompressor: dense_switch=1 must be True"):
+        ThresholdCompressor(0.1, dense_switch=1)
