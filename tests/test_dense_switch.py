@@ -44,11 +44,11 @@ def make(fmt, ratio, **options):
     return kind(ratio, min_compress_numel=1000, **FORMATS[fmt], **options)
 
 
-def train(make_compressor, steps=4, fused=False, epochs=None):
+def train(make_compressor, steps=4, fused=False, epochs=None, device="cpu"):
     """3 in-process workers train :func:`net` through dgc.horovod.DistributedOptimizer (DGCSGDMemory); return
     rank 0's model, memory, per-step statistics and its log of payloads ((step, name, collective, bytes))."""
     group = InProcessGroup(WORKERS)
-    models = [net() for _ in range(WORKERS)]
+    models = [net().to(device) for _ in range(WORKERS)]
     steps_of = {}
 
     def worker(comm):
@@ -64,7 +64,7 @@ def train(make_compressor, steps=4, fused=False, epochs=None):
             if comm.rank == 0:
                 steps_of[len(group.log)] = step
             gen = torch.Generator().manual_seed(100 * comm.rank + step)
-            x = torch.randn(16, 32, generator=gen)
+            x = torch.randn(16, 32, generator=gen).to(device)
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long()).backward()
             opt.step()
@@ -131,18 +131,18 @@ def test_dense_form_makes_no_host_sync_and_scatters_the_decoded_values():
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_dense_form_gives_the_sparse_path_averages_and_residuals_in_fewer_bytes(fmt):
+def test_dense_form_gives_the_sparse_path_averages_and_residuals_in_fewer_bytes(fmt, device):
     """Ratio 0.75 at N=3: every format's allgather is larger than the allreduce. The in-process allreduce sums
     in rank order, as the sparse path's index_add_, so the weights and every residual are equal bit for bit."""
-    dense, dense_memory, dense_stats, dense_log = train(lambda: make(fmt, 0.75))
-    sparse, sparse_memory, sparse_stats, sparse_log = train(lambda: make(fmt, 0.75, dense_switch=False))
+    dense, dense_memory, dense_stats, dense_log = train(lambda: make(fmt, 0.75), device=device)
+    sparse, sparse_memory, sparse_stats, sparse_log = train(lambda: make(fmt, 0.75, dense_switch=False), device=device)
     for name in COMPRESSED:
         for step in range(4):
             assert collective_of(dense_log, name, step) == ["allreduce"], (name, step)
             assert collective_of(sparse_log, name, step) == ["allgather"], (name, step)
     for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
         assert torch.equal(a, b), (fmt, name, (a - b).abs().max().item())
-        assert not torch.equal(a, net().state_dict()[name]), f"{name} never moved"
+        assert not torch.equal(a.cpu(), net().state_dict()[name]), f"{name} never moved"
     for key in ("velocities", "momentums"):
         for name in COMPRESSED:
             assert torch.equal(dense_memory.buffers[key][name], sparse_memory.buffers[key][name]), (key, name)
@@ -160,7 +160,7 @@ def ring_bytes(log):
                else ring_allgather_bytes(WORKERS, nbytes) for _, name, collective, nbytes in log if name in COMPRESSED)
 
 
-def test_one_fused_step_carries_both_kinds_with_the_unfused_result():
+def test_one_fused_step_carries_both_kinds_with_the_unfused_result(device):
     """Ratio 2/9 at N=3 with 12-byte pairs: the 2048-element weight rounds k down (455, allgather), the 3072-element
     one up (683, dense); the dense one joins the fp32 allreduce of the dense tensors: one allgather, one
     allreduce per step, the same bits as one collective per tensor."""
@@ -168,8 +168,8 @@ def test_one_fused_step_carries_both_kinds_with_the_unfused_result():
     compressor.initialize(WORKERS)
     assert [compressor.goes_dense(compressor.num_selects(n), torch.float32, n) for n in COMPRESSED.values()] \
         == [False, True]
-    separate, _, _, separate_log = train(lambda: make("fp32-int64", 2 / 9))
-    fused, _, _, fused_log = train(lambda: make("fp32-int64", 2 / 9), fused=True)
+    separate, _, _, separate_log = train(lambda: make("fp32-int64", 2 / 9), device=device)
+    fused, _, _, fused_log = train(lambda: make("fp32-int64", 2 / 9), fused=True, device=device)
     assert collective_of(separate_log, "0.weight", 0) == ["allgather"]
     assert collective_of(separate_log, "2.weight", 0) == ["allreduce"]
     for (name, a), b in zip(separate.named_parameters(), fused.parameters()):
