@@ -56,8 +56,7 @@ class SparseCompressor(Compressor):
 
     def goes_dense(self, k, dtype, numel):
         """Whether ``k`` pairs of a ``numel``-element tensor of ``dtype`` go densely (see the class doc)."""
-        return self.dense_switch and sparse_is_larger(self.world_size, self.pairs.nbytes(k, dtype, numel), numel,
-                                                      torch.promote_types(dtype, torch.float32).itemsize)
+        return self.dense_switch and self.pairs.goes_dense(self.world_size, k, dtype, numel)
 
     def select(self, x, k):
         """Indices of the k values of the flat tensor ``x`` to send (distinct)."""
@@ -70,15 +69,14 @@ class SparseCompressor(Compressor):
         indices = self.select(flat, k)
         ctx = _Ctx(k, numel, tensor.dtype, self.goes_dense(k, tensor.dtype, numel))
         if ctx.dense:
-            sent = Sparse(indices, self.pairs.decode(flat[indices]))
-            return Payload(dense_selection(sent, numel, tensor.dtype), "allreduce", k, sent), ctx
+            dense, sent = self.pairs.encode_dense(flat[indices], indices, numel)
+            return Payload(dense, "allreduce", k, sent), ctx
         packed, sent = self.pairs.encode(flat[indices], indices, k, numel)
         return Payload(packed, "allgather", k, sent), ctx
 
     def decompress(self, result, ctx, out=None):
-        if ctx.dense:       # already the average of every worker's selection
-            result = result.view(-1)
-            return out.copy_(result) if out is not None and out.dtype == result.dtype else result
+        if ctx.dense:
+            return dense_average(result, out)
         total = accumulator(ctx.numel, ctx.dtype, result.device, out)
         rows = result.view(-1, self.pairs.nbytes(ctx.k, ctx.dtype, ctx.numel))
         self.pairs.add(total, rows, [ctx.k] * rows.shape[0], ctx.dtype)
@@ -147,9 +145,20 @@ class Pairs:
             return header, wire, wire.to(values.dtype)
         return header, values, values
 
-    def decode(self, values):
-        """``values`` as receivers of their encoding decode them (the wire's rounding, no row built)."""
-        return self._values(values)[2]
+    def goes_dense(self, workers, capacity, dtype, numel):
+        """Whether an allgather of rows of ``capacity`` pairs from ``workers`` workers moves more bytes than an
+        allreduce of the ``numel``-element selection sent densely in the accumulation dtype (float32 or wider):
+        the sparse/dense switch's rule (SparCML, SC'19), from sizes alone."""
+        return sparse_is_larger(workers, self.nbytes(capacity, dtype, numel), numel,
+                                torch.promote_types(dtype, torch.float32).itemsize)
+
+    def encode_dense(self, values, indices, numel):
+        """``(dense, sent)``: ``values`` at distinct ``indices`` as receivers of their pairs would decode them
+        (the wire's rounding), scattered into ``numel`` zeros of the accumulation dtype (distinct indices: one
+        deterministic scatter), and as a :class:`Sparse` (for the memory, as :meth:`encode`'s)."""
+        decoded = self._values(values)[2]
+        dense = torch.zeros(numel, dtype=torch.promote_types(values.dtype, torch.float32), device=values.device)
+        return dense.index_copy_(0, indices, decoded.to(dense.dtype)), Sparse(indices, decoded)
 
     def encode(self, values, indices, capacity, numel):
         """``(row, sent)``: the uint8 row for ``values`` at distinct ``indices`` (of a ``numel``-element
@@ -199,11 +208,11 @@ class Pairs:
         return total
 
 
-def dense_selection(sent, numel, dtype):
-    """The :class:`Sparse` ``sent`` of a ``numel``-element tensor of ``dtype`` as a dense tensor of the
-    accumulation dtype (float32 or wider), zeros elsewhere: distinct indices, so one deterministic scatter."""
-    dense = torch.zeros(numel, dtype=torch.promote_types(dtype, torch.float32), device=sent.values.device)
-    return dense.index_copy_(0, sent.indices, sent.values.to(dense.dtype))
+def dense_average(result, out=None):
+    """The average of a densely sent selection (the allreduce's ``result``, already averaged), flat and in
+    ``out`` when that has its dtype."""
+    result = result.view(-1)
+    return out.copy_(result) if out is not None and out.dtype == result.dtype else result
 
 
 def accumulator(numel, dtype, device, out=None):

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dgc.compressors.base import Compressor, Payload, Sparse, check_min_numel
-from dgc.compressors.sparse import Pairs, accumulator, dense_selection
-from dgc.costmodel import sparse_is_larger
+from dgc.compressors.base import Compressor, Payload, check_min_numel
+from dgc.compressors.sparse import Pairs, accumulator, dense_average
 
 
 @dataclass
@@ -67,18 +66,15 @@ class ThresholdCompressor(Compressor):
             ctx.counts = self.counts[ctx.name] = counts
             if max(counts) > 0:
                 indices = torch.nonzero_static(ctx.flat.abs() >= self.threshold, size=mine).view(-1)
-                ctx.dense = self.dense_switch and sparse_is_larger(
-                    len(counts), self.pairs.nbytes(max(counts), ctx.dtype, ctx.numel), ctx.numel,
-                    torch.promote_types(ctx.dtype, torch.float32).itemsize)
+                ctx.dense = self.dense_switch and self.pairs.goes_dense(len(counts), max(counts), ctx.dtype, ctx.numel)
                 if ctx.dense:
-                    sent = Sparse(indices, self.pairs.decode(ctx.flat[indices]))
-                    return Payload(dense_selection(sent, ctx.numel, ctx.dtype), "allreduce", mine, sent), ctx
+                    dense, sent = self.pairs.encode_dense(ctx.flat[indices], indices, ctx.numel)
+                    return Payload(dense, "allreduce", mine, sent), ctx
                 row, sent = self.pairs.encode(ctx.flat[indices], indices, max(counts), ctx.numel)
                 return Payload(row, "allgather", mine, sent), ctx
             return accumulator(ctx.numel, ctx.dtype, result.device, out)
-        if ctx.dense:       # already the average of every worker's selection
-            result = result.view(-1)
-            return out.copy_(result) if out is not None and out.dtype == result.dtype else result
+        if ctx.dense:
+            return dense_average(result, out)
         total = accumulator(ctx.numel, ctx.dtype, result.device, out)
         self.pairs.add(total, result.view(len(ctx.counts), -1), ctx.counts, ctx.dtype)
         return total.div_(len(ctx.counts))
