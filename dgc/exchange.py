@@ -136,6 +136,7 @@ class Exchange:
             compressor, memory = (self.compressor, self.memory) if compressed else dense
             self.routes[name] = _Route(name, p, compressor, memory, group_of.get(p, -1), compressed)
         self.memory.initialize(communicator.size if communicator is not None else 1)
+        self.compressor.initialize(communicator.size if communicator is not None else 1)
         self.memory.transactional = nonfinite is not None
         self.corrected = {r.param for r in self.routes.values() if r.compressed and self.memory.applies_momentum}
         """Parameters whose momentum and weight decay the memory applied: the optimizer steps them plainly."""

@@ -4,7 +4,8 @@ method against the compute-only limit, in one run.
 
 Usage (root: namespaces, veth and tc need it):
   .venv/bin/python scripts/bench_network.py [--workers 2,4] [--rates 10mbit,100mbit,1gbit,none]
-      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused,dgc_hier,ddp_dgc,ddp_dgc_sync]
+      [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused,dgc_hier,ddp_dgc,ddp_dgc_sync,
+                                          dgc_warmup,dgc_warmup_switch]
       [--ranks-per-host R] [--steps MODEL=N,...]
 
 Workers start exactly as on separate hosts (Gloo, a rendezvous server in the root namespace, no ssh); each
@@ -17,6 +18,13 @@ the table counts collectives per step so the cost of a given per-collective late
 ddp_dgc / ddp_dgc_sync: dgc_fused's format through DDP's communication hook (torch.distributed Gloo over the
 same links, rendezvous at rank 0's address, buckets of at most 1 MB), with the overlapping hook (each bucket's
 exchange leaves while the backward pass computes the next) and with the synchronous one (``overlap=False``).
+
+dgc_warmup / dgc_warmup_switch: the first epoch of configs/dgc/paper_warmup.py (ratio 25%, its fp32 values and
+int64 indices: 12-byte pairs, one collective per tensor), with the sparse/dense switch off (always the allgather
+of pairs) and on (a selection goes as a dense fp32 allreduce where that moves fewer bytes: from 3 workers on at
+25%). Their cells also give the bytes each worker sends per step on the wire by the ring algorithms
+(dgc.costmodel), counted per collective, as dense's: an allgather's payload counts N - 1 times. The other dgc
+methods keep the switch on too; at 0.1% it never triggers (below roughly N = 1,000), so they are unchanged.
 """
 import argparse
 import json
@@ -36,10 +44,12 @@ PREFIX = "dgcnet"
 SUBNET = "10.77.0"
 BRIDGE_IP = f"{SUBNET}.1"
 IFACE = "dgceth"                      # each worker namespace's link, the same name in every namespace
-METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused", "dgc_hier", "ddp_dgc", "ddp_dgc_sync")
+METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused", "dgc_hier", "ddp_dgc", "ddp_dgc_sync",
+           "dgc_warmup", "dgc_warmup_switch")
 LABELS = {"limit": "compute only", "dense": "dense fp32 (Horovod)", "fp16": "fp16 (Horovod)",
           "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused+compact",
-          "dgc_hier": "DGC hierarchical", "ddp_dgc": "DGC fused, DDP hook", "ddp_dgc_sync": "DGC fused, DDP hook sync"}
+          "dgc_hier": "DGC hierarchical", "ddp_dgc": "DGC fused, DDP hook", "ddp_dgc_sync": "DGC fused, DDP hook sync",
+          "dgc_warmup": "DGC 25% warm-up, pairs", "dgc_warmup_switch": "DGC 25% warm-up, switch"}
 """dgc_hier: dgc_fused's format, averaged densely within a host, compressed between hosts at 0.001 x ranks per
 host (the flat exchange's update density; configs/dgc/hierarchical.py)."""
 DEFAULT_STEPS = {"tiny": 3, "resnet20": 8, "vgg16": 3}
@@ -167,6 +177,31 @@ def launch(topology, ranks_per_host, argv, timeout, log=None):
         server.stop()
 
 
+class WireCount:
+    """A communicator wrapper that counts the bytes this worker sends on the wire, per collective, by the ring
+    algorithms (:mod:`dgc.costmodel`): an allgather's row to N - 1 workers, 2 (N - 1) / N of an allreduce."""
+
+    def __init__(self, inner):
+        self.inner, self.bytes = inner, 0.0
+
+    @property
+    def size(self):
+        return self.inner.size
+
+    @property
+    def rank(self):
+        return self.inner.rank
+
+    def start(self, payload, name):
+        from dgc.costmodel import ring_allgather_bytes, ring_allreduce_bytes
+        count = ring_allgather_bytes if payload.collective == "allgather" else ring_allreduce_bytes
+        self.bytes += count(self.size, payload.tensor.numel() * payload.tensor.element_size())
+        return self.inner.start(payload, name)
+
+    def wait(self, handle):
+        return self.inner.wait(handle)
+
+
 def build_model(name):
     import torch
 
@@ -240,11 +275,21 @@ def worker(args):
     method = args["method"]
     named = list(model.named_parameters())
     numel = sum(p.numel() for _, p in named)
-    stats = None
+    stats = wire = None
     if method in ("dense", "fp16"):
+        from dgc.costmodel import ring_allreduce_bytes
         compression = hvd.Compression.fp16 if method == "fp16" else hvd.Compression.none
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compression)
         bytes_per_step, collectives = numel * (2 if method == "fp16" else 4), len(named)
+        wire_per_step = ring_allreduce_bytes(hvd.size(), bytes_per_step)
+    elif method in ("dgc_warmup", "dgc_warmup_switch"):     # configs/dgc/paper_warmup.py's first epoch
+        compressor = DGCCompressor(0.001, warmup_epochs=4, warmup_coeff=0.25,
+                                   dense_switch=method == "dgc_warmup_switch")
+        compressor.set_epoch(0)
+        wire = WireCount(dgc_hvd.HorovodCommunicator())
+        optimizer = dgc_hvd.DistributedOptimizer(optimizer, named_parameters=named, compression=compressor,
+                                                 memory=DGCSGDMemory(gradient_clipping=5.0), communicator=wire)
+        stats = optimizer.exchange
     elif method in ("powersgd", "dgc", "dgc_fused", "dgc_hier"):
         communicator = dense = hierarchical = None
         memory = DGCSGDMemory(gradient_clipping=5.0)
@@ -282,12 +327,17 @@ def worker(args):
         bytes_per_step, collectives = stats.last_exchange["bytes_sent"], stats.last_exchange["collectives"]
     if method in ("dgc_fused", "dgc_hier") and stats.communicator is not None:   # between hosts (rank 0 leads)
         collectives = stats.communicator.collectives / len(times)
+    if wire is not None:
+        wire_per_step = wire.bytes / len(times)
     if method == "limit":
         bytes_per_step = collectives = 0
     hvd.barrier()
     if hvd.rank() == 0:
-        print(json.dumps({"seconds": statistics.median(times[1:]), "bytes": bytes_per_step,
-                          "collectives": collectives, "size": hvd.size()}), flush=True)
+        cell = {"seconds": statistics.median(times[1:]), "bytes": bytes_per_step, "collectives": collectives,
+                "size": hvd.size()}
+        if method in ("dense", "fp16", "dgc_warmup", "dgc_warmup_switch"):
+            cell["wire_bytes"] = round(wire_per_step)
+        print(json.dumps(cell), flush=True)
 
 
 def parse_args(argv):
@@ -424,6 +474,15 @@ def print_tables(rows, args):
             s = {m: c["seconds"] for m, c in cells.items()}
             print(f"| {size} | {model} | {rate} | {ratio(s.get('ddp_dgc'), s.get('dgc_fused'))} | "
                   f"{ratio(s.get('ddp_dgc'), s.get('limit'))} | {ratio(s.get('ddp_dgc_sync'), s.get('ddp_dgc'))} |")
+    if {"dgc_warmup", "dgc_warmup_switch"} <= set(methods):
+        print("\n| N | model | link | warm-up pairs s/step | switch s/step | pairs / switch | wire bytes per step "
+              "per worker: pairs | switch | dense |")
+        print("| ---: | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for size, model, rate, cells in rows:
+            off, on = cells["dgc_warmup"], cells["dgc_warmup_switch"]
+            dense = cells["dense"]["wire_bytes"] if "dense" in cells else "-"
+            print(f"| {size} | {model} | {rate} | {off['seconds']:.3f} | {on['seconds']:.3f} | "
+                  f"{ratio(off['seconds'], on['seconds'])} | {off['wire_bytes']} | {on['wire_bytes']} | {dense} |")
     print("\n| N | model | link | method | images/s | bytes per step per worker | collectives per step |")
     print("| ---: | :--- | :--- | :--- | ---: | ---: | ---: |")
     for size, model, rate, cells in rows:

@@ -20,6 +20,7 @@ from dgc.compressors.signum import SignumCompressor
 from dgc.compressors.terngrad import TernGradCompressor
 from dgc.compressors.threshold import ThresholdCompressor
 from dgc.compressors.topk import TopKCompressor
+from dgc.costmodel import sparse_is_larger
 from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, ResidualMemory
@@ -42,14 +43,18 @@ def pair_bytes(pairs, k, numel):
 
 def wire_bytes(compressor, shape=(ROWS, COLS), tensor="0.weight"):
     """What the encoding should put on the wire for one worker and one tensor in its last exchange (every
-    round), by its formula."""
+    round), by its formula; a sparsifier's pairs go as fp32 values of the whole tensor where their allgather
+    would move more bytes (the sparse/dense switch)."""
     name, numel = type(compressor).__name__, math.prod(shape)
     if name == "Compressor":
         return numel * 4
     if name in ("TopKCompressor", "DGCCompressor"):
-        return pair_bytes(compressor.pairs, max(1, round(numel * compressor.compress_ratio)), numel)
+        pairs = pair_bytes(compressor.pairs, max(1, round(numel * compressor.compress_ratio)), numel)
+        return numel * 4 if sparse_is_larger(compressor.world_size, pairs, numel) else pairs
     if name == "ThresholdCompressor":
-        return 4 + pair_bytes(compressor.pairs, max(compressor.counts[tensor]), numel)
+        counts = compressor.counts[tensor]
+        pairs = pair_bytes(compressor.pairs, max(counts), numel)
+        return 4 + (numel * 4 if sparse_is_larger(len(counts), pairs, numel) else pairs)
     if name == "RandomKCompressor":
         return max(1, round(numel * compressor.compress_ratio)) * 4
     if name == "QSGDCompressor":

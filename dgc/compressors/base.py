@@ -67,6 +67,11 @@ class Compressor:
         round may write the average into (and return)."""
         return result
 
+    def initialize(self, world_size):
+        """Called once by the exchange with the number of workers its compressed payloads go to (the
+        hosts' leaders, hierarchical): a compressor whose wire form depends on it (the sparse/dense switch
+        of :class:`~.sparse.SparseCompressor`) keeps it. Default: nothing to do."""
+
     def set_epoch(self, epoch):
         """Training progress in epochs (a float for per-step schedules); compressors with a warm-up use it."""
 

@@ -20,6 +20,9 @@ class DGCCompressor(SparseCompressor):
     (default coefficient ``compress_ratio ** (1 / (warmup_epochs + 1))``: 31.6%, 10%, 3.2%, 1%, 0.32% for
     five epochs, the reference code's schedule; ``warmup_coeff=0.25`` over four epochs gives the paper's
     25%, 6.25%, 1.5625%, 0.39%), or the per-epoch ratios of a list.
+    ``dense_switch`` (on by default; SparCML, SC'19): a selection whose allgather of pairs would move more bytes
+    than a dense allreduce (the first warm-up epoch's 25% with 12-byte pairs from 3 workers on, 6-byte pairs
+    from 6) goes densely instead, with the same average and residual (see :class:`SparseCompressor`).
     ``memory`` is accepted for the reference implementation's API: the distributed optimizer uses it when
     it is given no memory of its own; this class never calls it.
     """
@@ -27,9 +30,10 @@ class DGCCompressor(SparseCompressor):
     def __init__(self, compress_ratio=0.001, memory=None, sample_ratio=0.01, strided_sample=True,
                  compress_upper_bound=1.3, compress_lower_bound=0.8, max_adaptation_iters=10,
                  resample=True, fp16_values=False, int32_indices=False, warmup_epochs=-1,
-                 warmup_coeff=None, min_compress_numel=1024, min_sample_topk=8, compact_indices=False):
+                 warmup_coeff=None, min_compress_numel=1024, min_sample_topk=8, compact_indices=False,
+                 dense_switch=True):
         super().__init__(compress_ratio, fp16_values, int32_indices, min_compress_numel,
-                         compact_indices=compact_indices)
+                         compact_indices=compact_indices, dense_switch=dense_switch)
         check_fraction("DGCCompressor", "sample_ratio", sample_ratio,
                        "the fraction of elements sampled for the threshold")
         for what, value in (("compress_upper_bound", compress_upper_bound), ("compress_lower_bound", compress_lower_bound),

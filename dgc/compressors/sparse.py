@@ -1,10 +1,12 @@
 """What every sparsifier shares: (value, index) pairs per tensor packed into one uint8 buffer of a size
-known before the collective, and a decompression that gives every rank the same bits."""
+known before the collective, a decompression that gives every rank the same bits, and the lossless switch to
+a dense allreduce where the allgather of pairs would move more bytes (SparCML, Renggli et al., SC'19)."""
 from dataclasses import dataclass
 
 import torch
 
 from dgc.compressors.base import Compressor, Payload, Sparse, check_fraction, check_min_numel, num_selects
+from dgc.costmodel import sparse_is_larger
 
 
 @dataclass
@@ -12,6 +14,8 @@ class _Ctx:
     k: int
     numel: int
     dtype: torch.dtype
+    dense: bool = False
+    """The selection went densely, through an averaging allreduce (:attr:`SparseCompressor.dense_switch`)."""
 
 
 class SparseCompressor(Compressor):
@@ -19,19 +23,40 @@ class SparseCompressor(Compressor):
 
     Every worker sends exactly ``k = num_selects(numel)`` pairs, so the allgather has a size known before
     it starts (never empty, no size exchange). The wire encoding of the pairs is :class:`Pairs`'s; subclasses
-    implement :meth:`select`."""
+    implement :meth:`select`.
+
+    ``dense_switch`` (SparCML, SC'19): where an allgather of every worker's k pairs would move more bytes
+    than a ring allreduce of the tensor (:func:`dgc.costmodel.sparse_is_larger`; at high ratios or on many
+    workers, e.g. the first warm-up epoch's 25%), the selection goes instead as a dense tensor, its decoded
+    values (after the fp16/int8 rounding) at the selected indices and zeros elsewhere, through an averaging
+    allreduce in the accumulation dtype (float32). The sum, the memory's residual and the density are those of
+    the sparse path (fp32 sums in another order); only bytes and time change. Every rank decides alike
+    from sizes alone (the world size from :meth:`initialize`, k, numel, the wire format): no collective, no
+    host read. False: always the allgather of pairs."""
 
     def __init__(self, compress_ratio=0.001, fp16_values=False, int32_indices=False, min_compress_numel=1024,
-                 int8_values=False, compact_indices=False):
+                 int8_values=False, compact_indices=False, dense_switch=True):
         owner = type(self).__name__
         check_fraction(owner, "compress_ratio", compress_ratio, "the fraction of gradient values sent per step")
+        if not isinstance(dense_switch, bool):
+            raise ValueError(f"{owner}: dense_switch={dense_switch!r} must be True (send a selection densely "
+                             "where that moves fewer bytes) or False (always the allgather of pairs)")
         self.min_compress_numel = check_min_numel(owner, min_compress_numel)
         self.compress_ratio = float(compress_ratio)
         self.pairs = Pairs(owner, fp16_values, int8_values, int32_indices, compact_indices)
+        self.dense_switch = dense_switch
+        self.world_size = 1
+
+    def initialize(self, world_size):
+        self.world_size = world_size
 
     def num_selects(self, numel):
         """k: how many values a tensor of ``numel`` elements sends at the current ratio (at least one)."""
         return num_selects(numel, self.compress_ratio)
+
+    def goes_dense(self, k, dtype, numel):
+        """Whether ``k`` pairs of a ``numel``-element tensor of ``dtype`` go densely (see the class doc)."""
+        return self.dense_switch and self.pairs.goes_dense(self.world_size, k, dtype, numel)
 
     def select(self, x, k):
         """Indices of the k values of the flat tensor ``x`` to send (distinct)."""
@@ -40,12 +65,18 @@ class SparseCompressor(Compressor):
     def compress(self, tensor, name):
         flat = tensor.view(-1)
         self.pairs.check_addressable(flat, name)
-        k = self.num_selects(flat.numel())
+        k, numel = self.num_selects(flat.numel()), flat.numel()
         indices = self.select(flat, k)
-        packed, sent = self.pairs.encode(flat[indices], indices, k, flat.numel())
-        return Payload(packed, "allgather", k, sent), _Ctx(k, tensor.numel(), tensor.dtype)
+        ctx = _Ctx(k, numel, tensor.dtype, self.goes_dense(k, tensor.dtype, numel))
+        if ctx.dense:
+            dense, sent = self.pairs.encode_dense(flat[indices], indices, numel)
+            return Payload(dense, "allreduce", k, sent), ctx
+        packed, sent = self.pairs.encode(flat[indices], indices, k, numel)
+        return Payload(packed, "allgather", k, sent), ctx
 
     def decompress(self, result, ctx, out=None):
+        if ctx.dense:
+            return dense_average(result, out)
         total = accumulator(ctx.numel, ctx.dtype, result.device, out)
         rows = result.view(-1, self.pairs.nbytes(ctx.k, ctx.dtype, ctx.numel))
         self.pairs.add(total, rows, [ctx.k] * rows.shape[0], ctx.dtype)
@@ -100,21 +131,39 @@ class Pairs:
             raise ValueError(f"{self.owner}: int32_indices cannot address {name!r} "
                              f"({flat.numel()} >= 2^31 elements)")
 
-    def encode(self, values, indices, capacity, numel):
-        """``(row, sent)``: the uint8 row for ``values`` at distinct ``indices`` (of a ``numel``-element
-        tensor) padded to ``capacity`` pairs, and the pairs as receivers decode them."""
+    def _values(self, values):
+        """``(header, wire, decoded)``: the row's scale bytes (int8 values; else none), the values in their
+        wire dtype and as receivers decode them (in ``values``' dtype)."""
         header = values.new_empty(0, dtype=torch.uint8)
         if self.value_dtype == torch.int8:
             scale = (values.abs().max() if values.numel() else values.new_zeros(())).float() / 127
             wire = (values.float() / scale.clamp(min=torch.finfo(torch.float32).tiny)).round().to(torch.int8)
-            decoded = (wire.float() * scale).to(values.dtype)
-            header = scale.reshape(1).view(torch.uint8)
-        elif self.value_dtype == torch.float16:
+            return scale.reshape(1).view(torch.uint8), wire, (wire.float() * scale).to(values.dtype)
+        if self.value_dtype == torch.float16:
             limit = torch.finfo(torch.float16).max
             wire = values.clamp(-limit, limit).to(torch.float16)
-            decoded = wire.to(values.dtype)
-        else:
-            wire = decoded = values
+            return header, wire, wire.to(values.dtype)
+        return header, values, values
+
+    def goes_dense(self, workers, capacity, dtype, numel):
+        """Whether an allgather of rows of ``capacity`` pairs from ``workers`` workers moves more bytes than an
+        allreduce of the ``numel``-element selection sent densely in the accumulation dtype (float32 or wider):
+        the sparse/dense switch's rule (SparCML, SC'19), from sizes alone."""
+        return sparse_is_larger(workers, self.nbytes(capacity, dtype, numel), numel,
+                                torch.promote_types(dtype, torch.float32).itemsize)
+
+    def encode_dense(self, values, indices, numel):
+        """``(dense, sent)``: ``values`` at distinct ``indices`` as receivers of their pairs would decode them
+        (the wire's rounding), scattered into ``numel`` zeros of the accumulation dtype (distinct indices: one
+        deterministic scatter), and as a :class:`Sparse` (for the memory, as :meth:`encode`'s)."""
+        decoded = self._values(values)[2]
+        dense = torch.zeros(numel, dtype=torch.promote_types(values.dtype, torch.float32), device=values.device)
+        return dense.index_copy_(0, indices, decoded.to(dense.dtype)), Sparse(indices, decoded)
+
+    def encode(self, values, indices, capacity, numel):
+        """``(row, sent)``: the uint8 row for ``values`` at distinct ``indices`` (of a ``numel``-element
+        tensor) padded to ``capacity`` pairs, and the pairs as receivers decode them."""
+        header, wire, decoded = self._values(values)
         counts = header[:0]
         if self.index_dtype == torch.int16:
             indices, order = indices.sort()
@@ -157,6 +206,13 @@ class Pairs:
         for worker_indices, worker_values, count in zip(indices, values, counts):
             total.index_add_(0, worker_indices[:count], worker_values[:count])
         return total
+
+
+def dense_average(result, out=None):
+    """The average of a densely sent selection (the allreduce's ``result``, already averaged), flat and in
+    ``out`` when that has its dtype."""
+    result = result.view(-1)
+    return out.copy_(result) if out is not None and out.dtype == result.dtype else result
 
 
 def accumulator(numel, dtype, device, out=None):

@@ -1,7 +1,8 @@
 """Run under horovodrun -np N: DGC over real Horovod collectives.
 
 1. Equivalence: ratio 1.0, masking off => the same weights as hvd.DistributedOptimizer + torch SGD
-   (momentum 0.9, weight decay, Nesterov on and off) after 20 steps; the wrapped optimizer is plain SGD.
+   (momentum 0.9, weight decay, Nesterov on and off) after 20 steps; the wrapped optimizer is plain SGD. At
+   ratio 1.0 the pairs would go densely (the sparse/dense switch): Nesterov off runs the allgather of pairs.
 2. Exchange: at ratio 0.01 the averaged gradient equals the mean of every worker's sparse tensor, and each
    worker's sent values + residual equal what it accumulated (conservation), fp32 and fp16 values.
 3. Gradient accumulation over backward_passes_per_step=2 equals one pass on the summed gradient.
@@ -17,6 +18,8 @@
 8. A NaN *input* on the last rank of a BatchNorm model (DistributedOptimizer(..., model=net)): the skipped
    step leaves every rank's parameters and buffers bit for bit as they were, and the run ends as one that
    left that batch out.
+9. The sparse/dense switch: at ratio 0.5 the 12-byte pairs go densely (one fused allreduce per step), replicas
+   stay bit-identical, and weights and residuals equal the allgather of pairs' within summation order.
 """
 import copy
 
@@ -25,6 +28,7 @@ import torch
 
 import dgc.horovod as dgc_hvd
 from dgc.compression import DGCCompressor
+from dgc.fused import FusedCommunicator
 from dgc.memory import DGCSGDMemory
 
 hvd.init(process_sets="dynamic")
@@ -50,13 +54,14 @@ def train(net, opt, data):
         opt.step()
 
 
-def check_equivalence(nesterov):
+def check_equivalence(nesterov, dense_switch):
     ref_net, dgc_net = model(), model()
     sgd = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=nesterov)
     ref_opt = hvd.DistributedOptimizer(torch.optim.SGD(ref_net.parameters(), **sgd),
                                        named_parameters=ref_net.named_parameters())
     memory = DGCSGDMemory(momentum_masking=False)
-    compression = DGCCompressor(compress_ratio=1.0, memory=memory, min_compress_numel=1000)
+    compression = DGCCompressor(compress_ratio=1.0, memory=memory, min_compress_numel=1000,
+                                dense_switch=dense_switch)
     dgc_opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(dgc_net.parameters(), **sgd),
                                            named_parameters=dgc_net.named_parameters(), compression=compression)
     assert {n for n, r in dgc_opt.exchange.routes.items() if r.compressed} == {"0.weight", "2.weight"}
@@ -291,8 +296,35 @@ def check_sparse():
         assert not torch.equal(nets[0].weight, initial), "the embedding never moved"
 
 
-check_equivalence(nesterov=False)
-check_equivalence(nesterov=True)
+def check_dense_switch():
+    runs = []
+    for switch in (True, False):
+        net = model()
+        memory = DGCSGDMemory(momentum_masking=True)
+        communicator = FusedCommunicator(dgc_hvd.HorovodCommunicator()) if switch else None
+        opt = dgc_hvd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
+                                           named_parameters=net.named_parameters(), memory=memory,
+                                           compression=DGCCompressor(0.5, min_compress_numel=1000, dense_switch=switch),
+                                           communicator=communicator)
+        train(net, opt, batches(5, seed_offset=13))
+        runs.append((net, memory, opt.last_exchange, communicator))
+        for name, p in net.named_parameters():
+            everyone = hvd.allgather(p.detach().unsqueeze(0), name=f"check.switch.{switch}.{name}")
+            assert all(torch.equal(everyone[0], other) for other in everyone[1:]), (switch, name, "replicas differ")
+    (net, memory, stats, fused), (ref_net, ref_memory, ref_stats, _) = runs
+    assert fused.collectives == 5, fused.collectives      # one fp32 allreduce per step, no allgather
+    compressed = [p.numel() for name, p in net.named_parameters() if opt.exchange.routes[name].compressed]
+    assert len(compressed) == 2 and stats["values_sent"] == ref_stats["values_sent"]
+    assert ref_stats["bytes_sent"] - stats["bytes_sent"] == (12 // 2 - 4) * sum(compressed), (stats, ref_stats)
+    for (name, a), b in zip(net.named_parameters(), ref_net.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+    for key in ("velocities", "momentums"):
+        for name in memory.buffers[key]:
+            torch.testing.assert_close(memory.buffers[key][name], ref_memory.buffers[key][name], msg=(key, name))
+
+
+check_equivalence(nesterov=False, dense_switch=False)
+check_equivalence(nesterov=True, dense_switch=True)
 check_exchange_and_conservation(fp16=False)
 check_exchange_and_conservation(fp16=True)
 check_accumulation()
@@ -303,4 +335,5 @@ for kind in ("sgd", "adam", "dgc"):
     check_resume_from_rank_zero(kind)
 check_process_set()
 check_sparse()
+check_dense_switch()
 print(f"rank {RANK}/{SIZE}: dgc checks ok")
