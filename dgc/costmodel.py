@@ -163,12 +163,17 @@ class Constants:
     powersgd_decompress_per_element_rank: float = 0.6e-9
     memory_per_element: float = 0.5e-9
     """PowerSGD's ResidualMemory compensate + update (DGC's memory is in dgc_compress_per_element)."""
+    backend_fusion: bool = True
+    """Unfused, the backend batches the allreduces that are ready when the link frees into one collective
+    (Horovod's tensor fusion; allgathers and broadcasts go one by one)."""
 
     def __post_init__(self):
         if not _number(self.backward_fraction) or not 0 <= self.backward_fraction <= 1:
             raise ValueError(f"Constants: backward_fraction={self.backward_fraction!r} must be in [0, 1]")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "backend_fusion":
+                continue
             if not _number(value) or value < 0:
                 raise ValueError(f"Constants: {f.name}={value!r} must be a number >= 0")
 
@@ -187,7 +192,7 @@ class Constants:
     def scaled(self, factor):
         """These constants with every codec time multiplied by ``factor`` (e.g. one torch thread, not two)."""
         return replace(self, **{f.name: getattr(self, f.name) * factor for f in fields(self)
-                                if f.name != "backward_fraction"})
+                                if f.name not in ("backward_fraction", "backend_fusion")})
 
 
 @dataclass
@@ -197,8 +202,10 @@ class Prediction:
     seconds; ``exposed``: what the exchange adds to ``compute`` (seconds - compute); ``bytes_sent``: payload
     bytes per worker (what dgc.exchange.Exchange's ``stats['bytes_sent']`` counts: each tensor's payload
     once per round; hierarchical: the leader's between hosts); ``wire_bytes``: bytes each worker sends on the
-    wire (ring algorithms); ``collectives``: collectives started per step (fused: the fused ones; between
-    hosts for ``dgc_hier``); ``dense_switched``: compressed tensors the switch sent densely; ``local_*``:
+    wire (ring algorithms); ``collectives``: collectives started per step as the exchange and
+    bench_network.py count them (unfused: one per payload and round, before the backend's own fusion; fused:
+    the fused ones; between hosts for ``dgc_hier``); ``link_collectives``: those the model put on the link
+    (after the backend's fusion, :attr:`Constants.backend_fusion`); ``dense_switched``: compressed tensors the switch sent densely; ``local_*``:
     the hierarchical exchange's within-host stages (allreduce + broadcast)."""
     seconds: float
     exchange: float
@@ -212,6 +219,7 @@ class Prediction:
     local_bytes: float = 0.0
     local_seconds: float = 0.0
     local_collectives: float = 0.0
+    link_collectives: float = 0.0
 
 
 @dataclass
@@ -305,8 +313,8 @@ def _wire(payload, workers):
 class _Line:
     """A link as one serial resource: collectives queue in the order they are started."""
 
-    def __init__(self, link, workers):
-        self.link, self.workers, self.free = link, workers, 0.0
+    def __init__(self, link, workers, batch=False):
+        self.link, self.workers, self.free, self.batch = link, workers, 0.0, batch
         self.busy = self.wire = self.collectives = 0.0
         self.tokens = link.burst
         """The shaper's bucket (full at the step's start: the forward pass left the link idle)."""
@@ -327,6 +335,27 @@ class _Line:
         self.busy += seconds
         self.wire += wire
         return self.free
+
+    def queue(self, items):
+        """Start ``items`` ((ready time, payloads) in the order they are started) one collective each, or, with
+        ``batch`` (the backend's own fusion: Horovod's tensor fusion), every allreduce of one element size that
+        is ready when the link frees together in one; return each item's end time."""
+        ends, i = [0.0] * len(items), 0
+        while i < len(items):
+            start = max(items[i][0], self.free)
+            group = [i]
+            if self.batch and all(p.collective == "allreduce" for p in items[i][1]):
+                kind = {p.itemsize for p in items[i][1]}
+                j = i + 1
+                while (j < len(items) and items[j][0] <= start and {p.itemsize for p in items[j][1]} == kind
+                       and all(p.collective == "allreduce" for p in items[j][1])):
+                    group.append(j)
+                    j += 1
+            end = self.send(start, [p for g in group for p in items[g][1]])
+            for g in group:
+                ends[g] = end
+            i = group[-1] + 1
+        return ends
 
     def send_fused(self, ready, payloads):
         """One collective per (collective, element size) of ``payloads``, started together; when all end."""
@@ -356,30 +385,29 @@ def _exchange_rounds(tensors, order, sent, line, fused, clock):
     tensor i ends (already started); a later round starts as the round before is decoded (fused: together,
     once all of the round are decoded). Returns the training thread's clock when the last is decoded."""
     for r in range(max(len(t.rounds) for t in tensors)):
-        decoded, following = [], {}
+        decoded = []
         for i in order:
             if len(tensors[i].rounds) <= r:
                 continue
             clock = max(clock, sent[i]) + tensors[i].decodes[r]
             if r + 1 < len(tensors[i].rounds):
-                decoded.append(i)
-                if not fused:
-                    following[i] = line.send(clock, tensors[i].rounds[r + 1])
+                decoded.append((i, clock))
         if fused and decoded:
-            following = dict.fromkeys(decoded, line.send_fused(clock, [p for i in decoded
-                                                                       for p in tensors[i].rounds[r + 1]]))
-        sent = following
+            end = line.send_fused(clock, [p for i, _ in decoded for p in tensors[i].rounds[r + 1]])
+            sent = {i: end for i, _ in decoded}
+        else:
+            sent = dict(zip([i for i, _ in decoded], line.queue([(at, tensors[i].rounds[r + 1]) for i, at in decoded])))
     return clock
 
 
 def _simulate(tensors, fused, workers, link, compute, constants, switched):
     order, ready, backward_end = _backward(tensors, compute, constants)
-    line = _Line(link, workers)
+    line = _Line(link, workers, constants.backend_fusion)
     if fused:
         end = line.send_fused(backward_end, [p for i in order for p in tensors[i].rounds[0]])
         sent = dict.fromkeys(order, end)
     else:
-        sent = {i: line.send(ready[i], tensors[i].rounds[0]) for i in order}
+        sent = dict(zip(order, line.queue([(ready[i], tensors[i].rounds[0]) for i in order])))
     clock = _exchange_rounds(tensors, order, sent, line, fused, backward_end)
     codec = sum(t.compress + sum(t.decodes) for t in tensors)
     payload = sum(p.nbytes for t in tensors for rnd in t.rounds for p in rnd)
@@ -387,7 +415,7 @@ def _simulate(tensors, fused, workers, link, compute, constants, switched):
     seconds = max(clock, compute)
     return Prediction(seconds=seconds, exchange=line.busy, codec=codec, bytes_sent=payload,
                       collectives=collectives, wire_bytes=line.wire, compute=compute, exposed=seconds - compute,
-                      dense_switched=switched)
+                      dense_switched=switched, link_collectives=line.collectives)
 
 
 def _predict_hierarchical(shapes, method, workers, link, compute, local_link, constants):
@@ -404,28 +432,28 @@ def _predict_hierarchical(shapes, method, workers, link, compute, local_link, co
     ratio = min(1.0, method.ratio * per_host)
     tensors, switched = _tensors(shapes, method, hosts, constants, ratio)
     order, ready, backward_end = _backward(tensors, compute, constants, compress=False)
-    local = _Line(local_link if local_link is not None else link, per_host)
+    local = _Line(local_link if local_link is not None else link, per_host, constants.backend_fusion)
     averages = [_Payload("allreduce", 4 * t.numel, 4) for t in tensors]
     if method.fused:
         end = local.send_fused(backward_end, averages)
         arrived = dict.fromkeys(order, end)
     else:
-        arrived = {i: local.send(ready[i], [averages[i]]) for i in order}
-    line = _Line(link, hosts)
-    clock, sent = backward_end, {}
+        arrived = dict(zip(order, local.queue([(ready[i], [averages[i]]) for i in order])))
+    line = _Line(link, hosts, constants.backend_fusion)
+    clock, compressed = backward_end, []
     for i in order:         # the leader compresses each host average as it arrives
         clock = max(clock, arrived[i]) + tensors[i].compress
-        if not method.fused:
-            sent[i] = line.send(clock, tensors[i].rounds[0])
+        compressed.append((clock, tensors[i].rounds[0]))
     if method.fused:
-        end = line.send_fused(clock, [p for i in order for p in tensors[i].rounds[0]])
-        sent = dict.fromkeys(order, end)
+        sent = dict.fromkeys(order, line.send_fused(clock, [p for _, rnd in compressed for p in rnd]))
+    else:
+        sent = dict(zip(order, line.queue(compressed)))
     clock = _exchange_rounds(tensors, order, sent, line, method.fused, clock)
     broadcasts = [_Payload("broadcast", 4 * t.numel, 4) for t in tensors]
     if method.fused:
         clock = local.send_fused(clock, broadcasts)
     else:
-        clock = max([local.send(clock, [broadcasts[i]]) for i in order] + [clock])
+        clock = max(local.queue([(clock, [broadcasts[i]]) for i in order]) + [clock])
     codec = sum(t.compress + sum(t.decodes) for t in tensors)
     payload = sum(p.nbytes for t in tensors for rnd in t.rounds for p in rnd) if hosts > 1 else 0
     collectives = line.collectives if method.fused else sum(len(rnd) for t in tensors for rnd in t.rounds)
@@ -434,7 +462,8 @@ def _predict_hierarchical(shapes, method, workers, link, compute, local_link, co
                       collectives=collectives if hosts > 1 else 0, wire_bytes=line.wire, compute=compute,
                       exposed=seconds - compute, dense_switched=switched,
                       local_bytes=2 * sum(4 * t.numel for t in tensors) if per_host > 1 else 0,
-                      local_seconds=local.busy, local_collectives=local.collectives if per_host > 1 else 0)
+                      local_seconds=local.busy, local_collectives=local.collectives if per_host > 1 else 0,
+                      link_collectives=line.collectives if hosts > 1 else 0)
 
 
 def warmup_predictions(shapes, method, workers, link, compute=0.0, schedule=PAPER_WARMUP, local_link=None,
