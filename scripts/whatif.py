@@ -5,8 +5,8 @@ paying, the warm-up epochs where DGC is slower than dense, and a plot of step ti
     .venv/bin/python scripts/whatif.py --model resnet50 --workers 8,64,256,1024 --link 10gbit --latency 20us \\
         --compute-ms 180 --methods dense,fp16,powersgd,dgc,dgc_hier [--plot FILE]
 
-``--model``: a model of models/ (resnet20 ... resnet110, vgg16, digitsnet), any torchvision classification
-model by name (resnet50), or a config file whose ``model`` is built (configs/imagenet/resnet50.py); its
+``--model``: a model of models/ (resnet20 ... resnet110, vgg16, digitsnet: the CIFAR ones), any torchvision
+classification model by name (resnet50; ``torchvision:vgg16`` for ImageNet's VGG-16), or a config file whose ``model`` is built (configs/imagenet/resnet50.py); its
 parameter shapes are read on the meta device (no memory). Predictions of a model validated only at N <= 4
 on CPUs (docs/costmodel/validation.md): read them as what the alpha-beta model says, not as measurements.
 """
@@ -41,6 +41,9 @@ def model_shapes(model):
                 net = load_configs([str(path)], root=ROOT / "configs").model()
             except ConfigError as error:
                 raise ValueError(str(error)) from None
+        elif model.startswith("torchvision:"):      # e.g. torchvision:vgg16, the ImageNet model
+            from models import torchvision_model
+            net = torchvision_model(model.partition(":")[2])
         elif model in CIFAR:
             import models
             net = models.DigitsNet() if model == "digitsnet" else getattr(models, model)()
@@ -112,7 +115,7 @@ def _constants(text):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet50", help="models/ or torchvision name, or a config .py file")
+    parser.add_argument("--model", default="resnet50", help="models/ or torchvision name (torchvision:vgg16), or a config .py file")
     parser.add_argument("--workers", type=_type(_workers, "--workers"), default=[8, 64, 256, 1024],
                         help="comma-separated worker counts (default 8,64,256,1024)")
     parser.add_argument("--link", type=_type(parse_rate, "--link"), default=parse_rate("10gbit"),
@@ -206,7 +209,8 @@ def main(argv=None):
         slower = [e for e, _, p in epochs if p.seconds > dense[j]]
         cells = [f"{p.seconds:.4f}{'*' if p.seconds > dense[j] else ''}" for _, _, p in epochs]
         print(f"| {n} | {dense[j]:.4f} | " + " | ".join(cells) + f" | {', '.join(map(str, slower)) or 'none'} |")
-    path = pathlib.Path(args.plot) if args.plot else ROOT / "runs" / "whatif" / f"{pathlib.Path(args.model).stem}.png"
+    stem = pathlib.Path(args.model.replace(":", "_")).stem
+    path = pathlib.Path(args.plot) if args.plot else ROOT / "runs" / "whatif" / f"{stem}.png"
     plot(args, table, label, compute, path)
     print(f"\nplot: {path}; {time.perf_counter() - started:.1f} s")
     return 0
