@@ -124,16 +124,32 @@ def table(all_cells, shapes, cal, subset, title):
     lines = [f"| N | model | link | method | measured s/step | predicted s/step | error | exposed exchange (model) "
              f"| collectives | used for |",
              "| ---: | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | :--- |"]
-    errors = []
+    errors, predicted = [], {}
     for cell in all_cells:
         n, model, rate, method, seconds, compute = cell
         p = cal.predict(shapes[model], method, n, rate, compute)
         error = p.seconds / seconds - 1
         role = ("efficiency" if cell[:4] == EFFICIENCY_CELL else "fit" if cell in subset else "")
         errors.append((cell, error, role))
+        predicted[cell] = p.seconds
         lines.append(f"| {n} | {model} | {rate} | {LABELS[method]} | {seconds:.3f} | {p.seconds:.3f} | "
                      f"{100 * error:+.1f}% | {p.exposed:.3f} | {p.collectives:g} | {role} |")
-    return [f"#### {title}", ""] + lines + [""], errors
+    return [f"#### {title}", ""] + lines + [""], errors, predicted
+
+
+def pivot(errors, predictions):
+    """Markdown lines of one row per (N, model, link): measured / predicted (error) per method."""
+    methods = [m for m in LABELS if any(c[3] == m for c, _, _ in errors)]
+    rows = {}
+    for cell, error, role in errors:
+        mark = "\u2020" if role else ""
+        rows.setdefault(cell[:3], {})[cell[3]] = (f"{cell[4]:.3f} / {predictions[cell]:.3f} "
+                                                  f"({100 * error:+.0f}%){mark}")
+    lines = ["| N | model | link | " + " | ".join(LABELS[m] for m in methods) + " |",
+             "| ---: | :--- | :--- |" + " :---: |" * len(methods)]
+    for (n, model, rate), cells in rows.items():
+        lines.append(f"| {n} | {model} | {rate} | " + " | ".join(cells.get(m, "-") for m in methods) + " |")
+    return lines
 
 
 def summary(errors, what):
@@ -171,8 +187,9 @@ def main(argv=None):
              f"(fitted on the {len(subset)} 2-worker unshaped and 1 Gbit/s cells), tbf efficiency "
              f"{cal.efficiency:.3f} of the tc rate (from 2-worker VGG-16 dense at 10 Mbit/s), tbf burst 256 KB; "
              "compute: each (N, model)'s compute-only cell.", ""]
-    body, errors = table(flat, shapes, cal, subset, "Flat exchange (docs/network/bench_network.json)")
-    lines += body
+    body, errors, predicted = table(flat, shapes, cal, subset, "Flat exchange (docs/network/bench_network.json)")
+    lines += ["#### Measured / predicted seconds per step (error); \u2020: a cell the constants were fitted on", ""]
+    lines += pivot(errors, predicted) + [""] + body
     two = [e for e in errors if e[0][0] == 2]
     held = [e for e in two if not e[2]]
     results = [summary(two, "2 workers, all cells"), summary(held, "2 workers, held out (neither fitted nor "
@@ -184,7 +201,7 @@ def main(argv=None):
         for r in hier_rows:
             if "limit" not in r["cells"]:
                 r["cells"]["limit"] = {"seconds": limits[(r["workers"], r["model"])]}
-        body, hier_errors = table(cells(hier_rows), shapes, cal, [], "2 hosts x 2 ranks "
+        body, hier_errors, _ = table(cells(hier_rows), shapes, cal, [], "2 hosts x 2 ranks "
                                   "(docs/network/hierarchical.json; local link: the unshaped constants)")
         lines += body
         results.append(summary(hier_errors, "2 hosts x 2 ranks (4 processes on 2 cores)"))
