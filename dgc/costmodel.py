@@ -39,6 +39,9 @@ PAPER_WARMUP = (0.25, 0.0625, 0.015625, 0.00390625)
 """configs/dgc/paper_warmup.py's kept ratios over the first four epochs (§3.3); then the method's ratio."""
 BLOCK = 2 ** 16
 """Elements per block of the compact 16-bit indices (dgc.compressors.sparse.Pairs.BLOCK)."""
+CPU_SCALE = 5.66
+"""How much slower the codecs run in this project's recorded 2-worker training steps than in
+bench_compression.py's figures: fitted by scripts/validate_costmodel.py (docs/costmodel/validation.md)."""
 
 
 def ring_allreduce_bytes(workers, nbytes):
@@ -144,24 +147,27 @@ class Method:
 class Constants:
     """The model's per-device constants: host seconds per element (of the dense gradient) and per tensor.
 
-    Defaults: this project's 2-core CPU, from ``docs/bench_compression.txt`` (2 torch threads): DGC with
-    momentum correction compresses at about 1.5 to 2 GB/s of fp32 gradient on 2^18 to 2^24 elements
-    (2.4 ns per element) plus about 0.15 ms per tensor (threshold sampling, kernel launches); its scatter-add
-    decompression zero-fills the tensor and adds N k pairs; PowerSGD's round trip at 2^24 runs at 1.14 GB/s
-    (3.5 ns per element at rank 4: M Q, M^T P and P Q^T, ~0.9 ns per element and unit of rank); an fp16 cast
-    each way ~0.5 ns per element; every tensor through the library's exchange ~30 us of Python. Horovod's
-    own dense path has no codec here (its cost is in the per-collective latency). ``backward_fraction``:
-    the backward pass's share of forward + backward (about 2/3: it computes two products per layer)."""
+    Defaults: calibrated on this project's 2-core CPU: ``docs/bench_compression.txt``'s figures (2 torch
+    threads, one process) times :data:`CPU_SCALE`, the factor scripts/validate_costmodel.py fits on the
+    recorded training steps (one torch thread per worker, two workers and Horovod's threads on two cores).
+    The figures: DGC with momentum correction compresses at about 1.5 to 2 GB/s of fp32 gradient on 2^18 to
+    2^24 elements (2.4 ns per element) plus about 0.15 ms per tensor (threshold sampling, kernel launches);
+    its scatter-add decompression zero-fills the tensor and adds N k pairs; PowerSGD's round trip at 2^24 runs
+    at 1.14 GB/s (3.5 ns per element at rank 4: M Q, M^T P and P Q^T, ~0.9 ns per element and unit of rank);
+    an fp16 cast each way ~0.5 ns per element; every tensor through the library's exchange ~30 us of Python.
+    Horovod's own dense path has no codec here (its cost is in the per-collective latency).
+    ``backward_fraction``: the backward pass's share of forward + backward (about 2/3: it computes two
+    products per layer). :meth:`bench_figures` gives the figures unscaled, :meth:`assumed_gpu` a GPU's."""
     backward_fraction: float = 2 / 3
-    tensor_overhead: float = 30e-6
-    cast_per_element: float = 0.5e-9
-    dgc_tensor_overhead: float = 0.15e-3
-    dgc_compress_per_element: float = 2.4e-9
-    dgc_decompress_per_element: float = 0.3e-9
-    dgc_add_per_pair: float = 5e-9
-    powersgd_compress_per_element_rank: float = 0.3e-9
-    powersgd_decompress_per_element_rank: float = 0.6e-9
-    memory_per_element: float = 0.5e-9
+    tensor_overhead: float = 30e-6 * CPU_SCALE
+    cast_per_element: float = 0.5e-9 * CPU_SCALE
+    dgc_tensor_overhead: float = 0.15e-3 * CPU_SCALE
+    dgc_compress_per_element: float = 2.4e-9 * CPU_SCALE
+    dgc_decompress_per_element: float = 0.3e-9 * CPU_SCALE
+    dgc_add_per_pair: float = 5e-9 * CPU_SCALE
+    powersgd_compress_per_element_rank: float = 0.3e-9 * CPU_SCALE
+    powersgd_decompress_per_element_rank: float = 0.6e-9 * CPU_SCALE
+    memory_per_element: float = 0.5e-9 * CPU_SCALE
     """PowerSGD's ResidualMemory compensate + update (DGC's memory is in dgc_compress_per_element)."""
     backend_fusion: bool = True
     """Unfused, the backend batches the allreduces that are ready when the link frees into one collective
@@ -176,6 +182,23 @@ class Constants:
                 continue
             if not _number(value) or value < 0:
                 raise ValueError(f"Constants: {f.name}={value!r} must be a number >= 0")
+
+    @classmethod
+    def bench_figures(cls):
+        """The codec figures of docs/bench_compression.txt as they are (2 threads, nothing else running)."""
+        return cls().scaled(1 / CPU_SCALE)
+
+    @classmethod
+    def from_file(cls, path):
+        """Constants from a JSON file of field values (scripts/validate_costmodel.py --constants writes one)."""
+        import json
+        with open(path) as f:
+            data = json.load(f)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"Constants: {path!r} has unknown fields {unknown}; expected some of "
+                             f"{[f.name for f in fields(cls)]}")
+        return cls(**data)
 
     @classmethod
     def assumed_gpu(cls):

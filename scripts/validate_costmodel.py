@@ -13,9 +13,9 @@ runs predate the sparse/dense switch, so it is off (at N <= 4 and 0.001 it would
 
 Calibration (the constants are fitted here, never per cell):
 - compute: the "compute only" (limit) cell of the same N and model: the same workers, no exchange;
-- the unshaped link's effective bandwidth, the per-collective cost and a codec scale (on the default CPU
-  constants of dgc.costmodel.Constants, measured with 2 threads; the workers run one thread each) are
-  fitted together on the 2-worker unshaped and 1 Gbit/s cells (least squares of log error, on a grid);
+- the unshaped link's effective bandwidth, the per-collective cost and a codec scale (on
+  ``Constants.bench_figures()``, measured with 2 threads in one process; the workers run one thread each,
+  two of them on two cores; dgc.costmodel.CPU_SCALE holds the fitted scale) are fitted together on the 2-worker unshaped and 1 Gbit/s cells (least squares of log error, on a grid);
 - the tbf links' efficiency (the fraction of the tc rate TCP gets) from one cell: 2-worker VGG-16 dense
   at 10 Mbit/s; tbf's 256 KB burst is the Link's ``burst``; a shaped link's per-byte cost is the tbf rate's
   plus the unshaped link's (the host copies every byte too).
@@ -32,7 +32,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dgc.costmodel import Constants, Link, Method, parse_rate, predict  # noqa: E402
+from dgc.costmodel import CPU_SCALE, Constants, Link, Method, parse_rate, predict  # noqa: E402
 
 BURST = 256 * 1024
 """tc's ``burst 256kb`` (kilobytes) of bench_network.py's tbf qdiscs."""
@@ -58,7 +58,7 @@ class Calibration:
 
     def __init__(self, unshaped, latency, codec_scale, efficiency=1.0):
         self.unshaped, self.latency, self.codec_scale, self.efficiency = unshaped, latency, codec_scale, efficiency
-        self.constants = Constants().scaled(codec_scale)
+        self.constants = Constants.bench_figures().scaled(codec_scale)
 
     def link(self, rate):
         if rate == "none":
@@ -183,7 +183,8 @@ def main(argv=None):
     lines = ["Calibrated on this project's 2-core CPU machine's recorded runs (`docs/network/bench_network.json`, "
              "2026-11-24); no new timing. Command: `.venv/bin/python scripts/validate_costmodel.py`.", "",
              f"Constants: unshaped veth link {cal.unshaped / 1e6:.0f} MB/s effective, per-collective cost "
-             f"{cal.latency * 1e3:.2f} ms, codec scale {cal.codec_scale:.2f} x dgc.costmodel.Constants() "
+             f"{cal.latency * 1e3:.2f} ms, codec scale {cal.codec_scale:.2f} x bench_compression.py's figures "
+             f"(dgc.costmodel.CPU_SCALE, the default constants' scale: {CPU_SCALE}) "
              f"(fitted on the {len(subset)} 2-worker unshaped and 1 Gbit/s cells), tbf efficiency "
              f"{cal.efficiency:.3f} of the tc rate (from 2-worker VGG-16 dense at 10 Mbit/s), tbf burst 256 KB; "
              "compute: each (N, model)'s compute-only cell.", ""]
