@@ -11,6 +11,7 @@ parameter shapes are read on the meta device (no memory). Predictions of a model
 on CPUs (docs/costmodel/validation.md): read them as what the alpha-beta model says, not as measurements.
 """
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -50,6 +51,22 @@ def model_shapes(model):
             from models import torchvision_model
             net = torchvision_model(model)
     return [tuple(p.shape) for p in net.parameters() if p.requires_grad]
+
+
+def run_step_seconds(run_dir, batch):
+    """Seconds per training step of a train.py run: num_workers x ``batch`` images over its images/s (the mean
+    over its epochs after the first, which includes start-up, when there are several)."""
+    path = pathlib.Path(run_dir) / "metrics.json"
+    if batch < 1:
+        raise ValueError(f"--batch {batch} must be >= 1")
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} does not exist (expected a train.py run directory)")
+    metrics = json.loads(path.read_text())
+    rates = [h["images_per_s"] for h in metrics.get("history", []) if h.get("images_per_s")]
+    if not rates:
+        raise ValueError(f"{str(path)!r} has no epoch with images_per_s")
+    rates = rates[1:] or rates
+    return metrics.get("num_workers", 1) * batch / (sum(rates) / len(rates))
 
 
 def _type(parse, what):
@@ -117,8 +134,13 @@ def parse_args(argv):
                         help="fixed cost of one collective (20us, 1ms)")
     parser.add_argument("--efficiency", type=_type(_positive, "--efficiency"), default=1.0,
                         help="fraction of the link rate collectives achieve (default 1: the rate as given)")
-    parser.add_argument("--compute-ms", type=_type(_positive, "--compute-ms"), required=True,
-                        help="forward + backward milliseconds of one step without any exchange")
+    compute = parser.add_mutually_exclusive_group(required=True)
+    compute.add_argument("--compute-ms", type=_type(_positive, "--compute-ms"),
+                         help="forward + backward milliseconds of one step without any exchange")
+    compute.add_argument("--compute-from", metavar="RUN_DIR",
+                         help="take the step time of a short train.py run (best run: 1 worker, so no exchange): "
+                         "its metrics.json's images/s and --batch")
+    parser.add_argument("--batch", type=int, default=128, help="with --compute-from: images per worker and step")
     parser.add_argument("--methods", type=_type(_methods, "--methods"), default=list(METHODS))
     parser.add_argument("--ratio", type=_type(_ratio, "--ratio"), default=0.001, help="DGC's kept ratio")
     parser.add_argument("--wire", choices=("compact", "int32", "int64"), default="compact",
@@ -136,6 +158,11 @@ def parse_args(argv):
                         help="codec constants: gpu (assumed, default), cpu (this project's CPU) or a JSON file")
     parser.add_argument("--plot", help="write step time against N here (default runs/whatif/<model>.png)")
     args = parser.parse_args(argv)
+    if args.compute_from is not None:
+        try:
+            args.compute_ms = 1e3 * run_step_seconds(args.compute_from, args.batch)
+        except ValueError as error:
+            parser.error(f"--compute-from {args.compute_from!r}: {error}")
     if args.rank < 1:
         parser.error(f"--rank {args.rank} must be >= 1")
     if args.ranks_per_host < 1:

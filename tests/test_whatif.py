@@ -50,3 +50,16 @@ def test_unknown_model_is_named():
     result = subprocess.run([sys.executable, str(ROOT / "scripts/whatif.py"), "--model", "nosuchnet",
                              "--compute-ms", "100"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and "'nosuchnet'" in result.stderr, result.stderr
+
+
+def test_compute_from_a_runs_metrics(tmp_path):
+    """The step time of a train.py run: workers x batch over its images/s (epochs after the first)."""
+    (tmp_path / "metrics.json").write_text('{"num_workers": 2, "history": [{"images_per_s": 50.0}, '
+                                           '{"images_per_s": 256.0}, {"images_per_s": 256.0}]}')
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/whatif.py"), "--model", "resnet20", "--workers",
+                             "2", "--methods", "dense,dgc", "--compute-from", str(tmp_path), "--plot",
+                             str(tmp_path / "p.png")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "compute 1000 ms" in result.stdout
+    both = run("--compute-from", str(tmp_path))
+    assert both.returncode == 2 and "not allowed with argument --compute-ms" in both.stderr
