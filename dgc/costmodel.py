@@ -228,8 +228,9 @@ class Prediction:
     wire (ring algorithms); ``collectives``: collectives started per step as the exchange and
     bench_network.py count them (unfused: one per payload and round, before the backend's own fusion; fused:
     the fused ones; between hosts for ``dgc_hier``); ``link_collectives``: those the model put on the link
-    (after the backend's fusion, :attr:`Constants.backend_fusion`); ``dense_switched``: compressed tensors the switch sent densely; ``local_*``:
-    the hierarchical exchange's within-host stages (allreduce + broadcast)."""
+    (after the backend's fusion, :attr:`Constants.backend_fusion`); ``dense_switched``: compressed tensors
+    the switch sent densely; ``local_*``: the hierarchical exchange's within-host stages (allreduce +
+    broadcast)."""
     seconds: float
     exchange: float
     codec: float

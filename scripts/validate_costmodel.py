@@ -15,10 +15,11 @@ Calibration (the constants are fitted here, never per cell):
 - compute: the "compute only" (limit) cell of the same N and model: the same workers, no exchange;
 - the unshaped link's effective bandwidth, the per-collective cost and a codec scale (on
   ``Constants.bench_figures()``, measured with 2 threads in one process; the workers run one thread each,
-  two of them on two cores; dgc.costmodel.CPU_SCALE holds the fitted scale) are fitted together on the 2-worker unshaped and 1 Gbit/s cells (least squares of log error, on a grid);
+  two of them on two cores; dgc.costmodel.CPU_SCALE holds the fitted scale) are fitted together on the
+  2-worker unshaped and 1 Gbit/s cells (least squares of log error, on a grid);
 - the tbf links' efficiency (the fraction of the tc rate TCP gets) from one cell: 2-worker VGG-16 dense
-  at 10 Mbit/s; tbf's 256 KB burst is the Link's ``burst``; a shaped link's per-byte cost is the tbf rate's
-  plus the unshaped link's (the host copies every byte too).
+  at 10 Mbit/s; tbf's 256 KB burst is the Link's ``burst``; a shaped link moves bytes at the lower of the
+  tbf rate times that efficiency and the unshaped link's rate (the host copies every byte too).
 Then every cell is predicted with those constants. Latency is not shaped (netem is not available here):
 the latency term is the collectives' count times the fitted per-collective cost.
 """
@@ -159,7 +160,8 @@ def summary(errors, what):
     absolute = [abs(e) for _, e, _ in errors]
     worst = max(errors, key=lambda x: abs(x[1]))[0]
     within = sum(a <= 0.15 for a in absolute)
-    return (f"- {what}: {within} of {len(absolute)} within 15%, mean |error| {100 * sum(absolute) / len(absolute):.1f}%, "
+    mean = 100 * sum(absolute) / len(absolute)
+    return (f"- {what}: {within} of {len(absolute)} within 15%, mean |error| {mean:.1f}%, "
             f"worst {100 * max(absolute):.1f}% ({worst[0]} workers, {worst[1]}, {worst[2]}, {LABELS[worst[3]]})")
 
 

@@ -6,9 +6,11 @@ paying, the warm-up epochs where DGC is slower than dense, and a plot of step ti
         --compute-ms 180 --methods dense,fp16,powersgd,dgc,dgc_hier [--plot FILE]
 
 ``--model``: a model of models/ (resnet20 ... resnet110, vgg16, digitsnet: the CIFAR ones), any torchvision
-classification model by name (resnet50; ``torchvision:vgg16`` for ImageNet's VGG-16), or a config file whose ``model`` is built (configs/imagenet/resnet50.py); its
-parameter shapes are read on the meta device (no memory). Predictions of a model validated only at N <= 4
-on CPUs (docs/costmodel/validation.md): read them as what the alpha-beta model says, not as measurements.
+classification model by name (resnet50; ``torchvision:vgg16`` for ImageNet's VGG-16), or a config file whose
+``model`` is built (configs/imagenet/resnet50.py); its parameter shapes are read on the meta device (no
+memory). ``--compute-ms`` or ``--compute-from RUN_DIR`` (a short train.py run's step time). Predictions of a
+model validated only at N <= 4 on CPUs (docs/costmodel/validation.md): read them as what the alpha-beta
+model says, not as measurements.
 """
 import argparse
 import json
@@ -20,8 +22,8 @@ from dataclasses import replace
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dgc.costmodel import (METHODS, PAPER_WARMUP, Constants, Link, Method, crossover_workers, parse_latency,  # noqa: E402
-                           parse_rate, predict, warmup_predictions)
+from dgc.costmodel import (METHODS, PAPER_WARMUP, Constants, Link, Method,  # noqa: E402
+                           crossover_workers, parse_latency, parse_rate, predict, warmup_predictions)
 
 LABELS = {"dense": "dense fp32", "fp16": "fp16", "powersgd": "PowerSGD r{rank}", "dgc": "DGC {ratio:g}",
           "dgc_hier": "DGC hier. {ratio:g}"}
@@ -125,7 +127,8 @@ def _constants(text):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet50", help="models/ or torchvision name (torchvision:vgg16), or a config .py file")
+    parser.add_argument("--model", default="resnet50",
+                        help="models/ or torchvision name (torchvision:vgg16), or a config .py file")
     parser.add_argument("--workers", type=_type(_workers, "--workers"), default=[8, 64, 256, 1024],
                         help="comma-separated worker counts (default 8,64,256,1024)")
     parser.add_argument("--link", type=_type(parse_rate, "--link"), default=parse_rate("10gbit"),
