@@ -101,6 +101,16 @@ class Link:
         if not _number(self.burst) or not self.burst >= 0:
             raise ValueError(f"Link: burst={self.burst!r} must be >= 0 (bytes of a token bucket)")
 
+    @classmethod
+    def from_allreduce(cls, workers, nbytes, seconds, latency=0.0):
+        """The link a timed ring allreduce of ``nbytes`` among ``workers`` that took ``seconds`` implies
+        (``latency`` of it being the per-collective cost): its wire bytes per worker over the rest."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 2:
+            raise ValueError(f"Link.from_allreduce: workers={workers!r} must be an int >= 2 (one worker sends nothing)")
+        if not _number(seconds) or not seconds > latency:
+            raise ValueError(f"Link.from_allreduce: seconds={seconds!r} must exceed latency={latency!r}")
+        return cls(ring_allreduce_bytes(workers, nbytes) / (seconds - latency), latency)
+
     def collective_seconds(self, wire_bytes, tokens=0.0):
         """Seconds one collective takes that makes each worker send ``wire_bytes``, ``tokens`` of them
         (a shaper's bucket) at no cost."""

@@ -182,6 +182,16 @@ def test_bad_input_is_named(bad, match):
         bad()
 
 
+def test_a_timed_allreduce_gives_the_link_that_predicts_it_back():
+    link = Link.from_allreduce(4, 4_000_000, 0.01, latency=1e-3)
+    assert link.bandwidth == pytest.approx(6e6 / 0.009) and link.latency == 1e-3
+    assert predict([(1000, 1000)], Method("dense"), 4, link).exchange == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="workers=1"):
+        Link.from_allreduce(1, 4_000_000, 0.01)
+    with pytest.raises(ValueError, match="seconds=0.001"):
+        Link.from_allreduce(2, 4_000_000, 0.001, latency=1e-3)
+
+
 def test_rates_and_latencies_parse_in_tc_spelling():
     assert parse_rate("10mbit") == 1.25e6 and parse_rate("25gbit") == 25e9 / 8 and parse_rate("100MBIT") == 12.5e6
     assert parse_latency("20us") == pytest.approx(20e-6) and parse_latency("1ms") == 1e-3 and parse_latency("0") == 0
