@@ -195,3 +195,30 @@ def test_a_timed_allreduce_gives_the_link_that_predicts_it_back():
 def test_rates_and_latencies_parse_in_tc_spelling():
     assert parse_rate("10mbit") == 1.25e6 and parse_rate("25gbit") == 25e9 / 8 and parse_rate("100MBIT") == 12.5e6
     assert parse_latency("20us") == pytest.approx(20e-6) and parse_latency("1ms") == 1e-3 and parse_latency("0") == 0
+
+
+def test_validation_models_what_bench_network_ran(nets):
+    """validate_costmodel.py's methods are bench_network.py's: the bytes and collectives each recorded cell
+    reports (docs/network/bench_network.json) are the model's for that method, N and model."""
+    import json
+    import pathlib
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
+    from validate_costmodel import METHODS
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    rows = json.loads((root / "docs/network/bench_network.json").read_text())
+    checked = 0
+    for row in rows:
+        for method, cell in row["cells"].items():
+            if method == "limit":
+                continue
+            p = predict(shapes_of(nets[row["model"]]), METHODS[method], row["workers"], LINK)
+            assert (p.bytes_sent, p.collectives) == (cell["bytes"], cell["collectives"]), (row["model"], method)
+            checked += 1
+    assert checked == 80
+    local = Link(1e9, 1e-4)
+    for row in json.loads((root / "docs/network/hierarchical.json").read_text()):
+        for method in ("dgc_fused", "dgc_hier"):     # the ResNet-20 rows predate the non-finite flag
+            if row["model"] == "resnet20":
+                p = predict(shapes_of(nets["resnet20"]), METHODS[method], row["workers"], LINK, local_link=local)
+                assert (p.bytes_sent, p.collectives) == (row["cells"][method]["bytes"], 2)
