@@ -89,10 +89,22 @@ def limits_by(rows):
     return {(r["workers"], r["model"]): r["cells"]["limit"]["seconds"] for r in rows if "limit" in r["cells"]}
 
 
+def efficiency_cell(all_cells):
+    """The cell the tbf efficiency comes from: :data:`EFFICIENCY_CELL` where recorded, else the 2-worker dense
+    cell of the most bytes at the slowest shaped rate (a run of other models or rates); None: no such cell."""
+    dense = [c for c in all_cells if c[0] == 2 and c[3] == "dense" and c[2] != "none"]
+    if any(c[:4] == EFFICIENCY_CELL for c in dense):
+        return next(c for c in dense if c[:4] == EFFICIENCY_CELL)
+    return min(dense, key=lambda c: (parse_rate(c[2]), -c[4]), default=None)
+
+
 def fit(all_cells, shapes):
     """Grid search of (unshaped bandwidth, per-collective cost, codec scale) on the 2-worker unshaped and
-    1 Gbit/s cells, then the tbf efficiency from :data:`EFFICIENCY_CELL` (bisection)."""
+    1 Gbit/s cells, then the tbf efficiency from :func:`efficiency_cell` (bisection; 1 without one)."""
     subset = [c for c in all_cells if c[0] == 2 and c[2] in FIT_RATES]
+    if not subset:
+        raise ValueError("no 2-worker cell at an unshaped or 1gbit link to fit the constants on (run "
+                         "bench_network.py with --workers 2 and --rates including none or 1gbit)")
 
     def loss(cal):
         return sum(math.log(cal.predict(shapes[m], meth, n, rate, comp).seconds / seconds) ** 2
@@ -107,20 +119,20 @@ def fit(all_cells, shapes):
         if best is None or value < best[0]:
             best = (value, cal)
     cal = best[1]
-    n, model, rate, method = EFFICIENCY_CELL
-    measured = next(c[4] for c in all_cells if c[:4] == EFFICIENCY_CELL)
-    compute = next(c[5] for c in all_cells if c[:4] == EFFICIENCY_CELL)
-    low, high = 0.05, 2.0
-    for _ in range(50):
-        cal.efficiency = (low + high) / 2
-        if cal.predict(shapes[model], method, n, rate, compute).seconds > measured:
-            low = cal.efficiency
-        else:
-            high = cal.efficiency
-    return cal, subset
+    cell = efficiency_cell(all_cells)
+    if cell is not None:
+        n, model, rate, method, measured, compute = cell
+        low, high = 0.05, 2.0
+        for _ in range(50):
+            cal.efficiency = (low + high) / 2
+            if cal.predict(shapes[model], method, n, rate, compute).seconds > measured:
+                low = cal.efficiency
+            else:
+                high = cal.efficiency
+    return cal, subset, cell
 
 
-def table(all_cells, shapes, cal, subset, title):
+def table(all_cells, shapes, cal, subset, title, efficiency=None):
     """Markdown lines of predicted vs measured per cell, and the errors."""
     lines = [f"| N | model | link | method | measured s/step | predicted s/step | error | exposed exchange (model) "
              f"| collectives | used for |",
@@ -130,7 +142,7 @@ def table(all_cells, shapes, cal, subset, title):
         n, model, rate, method, seconds, compute = cell
         p = cal.predict(shapes[model], method, n, rate, compute)
         error = p.seconds / seconds - 1
-        role = ("efficiency" if cell[:4] == EFFICIENCY_CELL else "fit" if cell in subset else "")
+        role = ("efficiency" if cell == efficiency else "fit" if cell in subset else "")
         errors.append((cell, error, role))
         predicted[cell] = p.seconds
         lines.append(f"| {n} | {model} | {rate} | {LABELS[method]} | {seconds:.3f} | {p.seconds:.3f} | "
@@ -167,30 +179,35 @@ def summary(errors, what):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", default=str(ROOT / "docs/network/bench_network.json"))
-    parser.add_argument("--hierarchical", default=str(ROOT / "docs/network/hierarchical.json"),
+    parser.add_argument("--json", default="docs/network/bench_network.json")
+    parser.add_argument("--hierarchical", default="docs/network/hierarchical.json",
                         help="bench_network.py --ranks-per-host 2's JSON ('' to leave out)")
-    parser.add_argument("--out", default=str(ROOT / "docs/costmodel/validation.md"))
+    parser.add_argument("--out", default="docs/costmodel/validation.md")
     parser.add_argument("--constants", help="also write the fitted constants here (JSON, whatif.py --codec reads it)")
     args = parser.parse_args(argv)
     for path in filter(None, (args.json, args.hierarchical)):
-        if not pathlib.Path(path).is_file():
+        if not _found(path).is_file():
             parser.error(f"{path!r} does not exist (expected bench_network.py --json output)")
     from whatif import model_shapes
 
-    rows = json.loads(pathlib.Path(args.json).read_text())
-    shapes = {m: model_shapes(m) for m in sorted({r["model"] for r in rows})}
+    rows = json.loads(_found(args.json).read_text())
+    shapes = {m: model_shapes("digitsnet" if m == "tiny" else m) for m in sorted({r["model"] for r in rows})}
     flat = cells(rows)
-    cal, subset = fit(flat, shapes)
-    lines = ["Calibrated on this project's 2-core CPU machine's recorded runs (`docs/network/bench_network.json`, "
-             "2026-11-24); no new timing. Command: `.venv/bin/python scripts/validate_costmodel.py`.", "",
+    try:
+        cal, subset, cell = fit(flat, shapes)
+    except ValueError as error:
+        parser.error(f"--json {args.json!r}: {error}")
+    source = f"{cell[0]}-worker {cell[1]} dense at {cell[2]}" if cell else "no shaped dense cell: 1 assumed"
+    lines = [f"Calibrated on the recorded runs of `{args.json}`; no new timing. Command: "
+             f"`.venv/bin/python scripts/validate_costmodel.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+             .rstrip() + ".", "",
              f"Constants: unshaped veth link {cal.unshaped / 1e6:.0f} MB/s effective, per-collective cost "
              f"{cal.latency * 1e3:.2f} ms, codec scale {cal.codec_scale:.2f} x bench_compression.py's figures "
              f"(dgc.costmodel.CPU_SCALE, the default constants' scale: {CPU_SCALE}) "
              f"(fitted on the {len(subset)} 2-worker unshaped and 1 Gbit/s cells), tbf efficiency "
-             f"{cal.efficiency:.3f} of the tc rate (from 2-worker VGG-16 dense at 10 Mbit/s), tbf burst 256 KB; "
+             f"{cal.efficiency:.3f} of the tc rate (from {source}), tbf burst 256 KB; "
              "compute: each (N, model)'s compute-only cell.", ""]
-    body, errors, predicted = table(flat, shapes, cal, subset, "Flat exchange (docs/network/bench_network.json)")
+    body, errors, predicted = table(flat, shapes, cal, subset, f"Flat exchange ({args.json})", cell)
     lines += ["#### Measured / predicted seconds per step (error); \u2020: a cell the constants were fitted on", ""]
     lines += pivot(errors, predicted) + [""] + body
     two = [e for e in errors if e[0][0] == 2]
@@ -199,25 +216,31 @@ def main(argv=None):
                                                                       "the efficiency cell)"),
                summary([e for e in errors if e[0][0] == 4], "4 workers (4 processes on 2 cores)")]
     if args.hierarchical:
-        hier_rows = json.loads(pathlib.Path(args.hierarchical).read_text())
+        hier_rows = json.loads(_found(args.hierarchical).read_text())
         limits = limits_by(hier_rows)
         for r in hier_rows:
             if "limit" not in r["cells"]:
                 r["cells"]["limit"] = {"seconds": limits[(r["workers"], r["model"])]}
-        body, hier_errors, _ = table(cells(hier_rows), shapes, cal, [], "2 hosts x 2 ranks "
-                                  "(docs/network/hierarchical.json; local link: the unshaped constants)")
+        body, hier_errors, _ = table(cells(hier_rows), shapes, cal, [], f"{hier_rows[0]['workers']} ranks, 2 per "
+                                     f"host ({args.hierarchical}; local link: the unshaped constants)")
         lines += body
         results.append(summary(hier_errors, "2 hosts x 2 ranks (4 processes on 2 cores)"))
     lines += results
     text = "\n".join(lines) + "\n"
     print(text)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out) if pathlib.Path(args.out).is_absolute() else ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     if args.constants:
         pathlib.Path(args.constants).write_text(json.dumps(
             {f: getattr(cal.constants, f) for f in cal.constants.__dataclass_fields__}, indent=1) + "\n")
     return 0
+
+
+def _found(path):
+    """``path`` as given, or under the checkout when it is relative and not found from here."""
+    given = pathlib.Path(path)
+    return given if given.is_absolute() or given.exists() else ROOT / given
 
 
 if __name__ == "__main__":
