@@ -222,3 +222,29 @@ def test_validation_models_what_bench_network_ran(nets):
             if row["model"] == "resnet20":
                 p = predict(shapes_of(nets["resnet20"]), METHODS[method], row["workers"], LINK, local_link=local)
                 assert (p.bytes_sent, p.collectives) == (row["cells"][method]["bytes"], 2)
+
+
+def test_constants_fitted_on_a_bench_json_are_written_and_read_back(tmp_path, capsys):
+    """bench_network.py --json's cells -> validate_costmodel.py --constants -> Constants.from_file: the
+    plumbing bench_network.py --constants runs (a tiny synthetic record, not a measurement)."""
+    import json
+    import pathlib
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_network
+    import validate_costmodel
+
+    with pytest.raises(SystemExit):
+        bench_network.parse_args(["--constants", str(tmp_path / "c.json")])
+    assert "--constants needs --json" in capsys.readouterr().err
+    cell = {"bytes": 0, "collectives": 0, "size": 2}
+    rows = [{"workers": 2, "model": "tiny", "rate": rate, "cells": {
+        "limit": dict(cell, seconds=0.05), "dense": dict(cell, seconds=0.06 if rate == "none" else 0.2),
+        "dgc_fused": dict(cell, seconds=0.07)}} for rate in ("none", "10mbit")]
+    (tmp_path / "bench.json").write_text(json.dumps(rows))
+    assert validate_costmodel.main(["--json", str(tmp_path / "bench.json"), "--hierarchical", "",
+                                    "--out", str(tmp_path / "v.md"), "--constants", str(tmp_path / "c.json")]) == 0
+    constants = Constants.from_file(tmp_path / "c.json")
+    assert constants.dgc_compress_per_element > 0 and "2-worker tiny dense at 10mbit" in (tmp_path / "v.md").read_text()
+    (tmp_path / "bad.json").write_text('{"dgc_speed": 1}')
+    with pytest.raises(ValueError, match="dgc_speed"):
+        Constants.from_file(tmp_path / "bad.json")
