@@ -533,6 +533,37 @@ def crossover_workers(shapes, method, limit=2 ** 24):
     return high
 
 
+def slower_than_dense_from(shapes, method, link, compute=0.0, local_link=None, constants=None, limit=2 ** 20):
+    """The N >= 2 (a multiple of ``ranks_per_host``) from which on ``method``'s predicted step stays slower
+    than dense fp32's on ``link`` with ``compute``: the last crossing, since at small N dense may hide under
+    the backward pass too (DGC then loses by its codec), at medium N win, and lose again as its allgather's
+    (N - 1) rows grow. None: not slower at ``limit`` workers; the smallest N: slower at every N. Found on a
+    doubling grid, then by bisection within the last interval: a time-based companion of
+    :func:`crossover_workers`."""
+    step = method.ranks_per_host if method.name == "dgc_hier" else 1
+    dense = Method("dense")
+
+    def slower(units):
+        n = units * step
+        return (predict(shapes, method, n, link, compute, local_link, constants).seconds
+                > predict(shapes, dense, n, link, compute, local_link, constants).seconds)
+
+    grid = [2 if step == 1 else 1]
+    while grid[-1] < max(grid[0], limit // step):
+        grid.append(min(2 * grid[-1], max(grid[0], limit // step)))
+    verdicts = [slower(u) for u in grid]
+    if not verdicts[-1]:
+        return None
+    faster = [i for i, v in enumerate(verdicts) if not v]
+    if not faster:
+        return grid[0] * step
+    low, high = grid[faster[-1]], grid[faster[-1] + 1]
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if slower(mid) else (mid, high)
+    return high * step
+
+
 def parse_rate(text):
     """Bytes per second of a link rate in tc's spelling: a number and bit/kbit/mbit/gbit/tbit (SI, bits per
     second), e.g. ``10mbit``, ``25gbit``, ``12.5e6`` (plain: bytes per second)."""

@@ -23,7 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dgc.costmodel import (METHODS, PAPER_WARMUP, Constants, Link, Method,  # noqa: E402
-                           crossover_workers, parse_latency, parse_rate, predict, warmup_predictions)
+                           crossover_workers, parse_latency, parse_rate, predict, slower_than_dense_from,
+                           warmup_predictions)
 
 LABELS = {"dense": "dense fp32", "fp16": "fp16", "powersgd": "PowerSGD r{rank}", "dgc": "DGC {ratio:g}",
           "dgc_hier": "DGC hier. {ratio:g}"}
@@ -222,6 +223,10 @@ def main(argv=None):
     for ratio in sorted(set(PAPER_WARMUP + (args.ratio,)), reverse=True):
         n = crossover_workers(shapes, replace(dgc, ratio=ratio))
         print(f"  ratio {ratio:g}: from N = {n}" if n is not None else f"  ratio {ratio:g}: not up to 2^24 workers")
+    for m in [m for m in ("dgc", "dgc_hier") if m in args.methods]:
+        n = slower_than_dense_from(shapes, methods[m], link, compute, local, args.codec)
+        print(f"{label[m]} as configured: predicted slower than dense fp32 "
+              + (f"from N = {n}" if n is not None else "at no N up to 2^20") + " on this link and compute")
     print("\nWarm-up (configs/dgc/paper_warmup.py): DGC s/step per epoch; * slower than dense")
     print("| N | dense | " + " | ".join(f"epoch {e} ({r:g})" for e, r in
                                         enumerate([max(r, args.ratio) for r in PAPER_WARMUP]))

@@ -15,7 +15,7 @@ from dgc.compressors.powersgd import PowerSGDCompressor
 from dgc.compressors.sparse import SparseCompressor
 from dgc.compressors.topk import TopKCompressor
 from dgc.costmodel import (Constants, Link, Method, crossover_workers, parse_latency, parse_rate, predict,
-                           warmup_predictions)
+                           slower_than_dense_from, warmup_predictions)
 from dgc.exchange import Exchange
 from dgc.fused import FusedCommunicator
 from dgc.inprocess import InProcessGroup
@@ -154,6 +154,21 @@ def test_crossover_is_where_the_allgather_outgrows_the_allreduce():
     method = Method("dgc", value_bytes=2, index_bytes=4, min_compress_numel=1)
     assert crossover_workers([(1000, 1000)], method) == 1334
     assert crossover_workers([(1000, 1000)], replace(method, ratio=0.25)) == 6
+
+
+@pytest.mark.parametrize("rate, compute", [(1.25e8, 0.2), (1.25e9, 0.05)])
+def test_slower_than_dense_from_is_the_first_n_where_dgc_loses(rate, compute):
+    shapes = [(512, 512, 3, 3)] * 4 + [(1000, 2048)]
+    method = Method("dgc", value_bytes=2, index_bytes=2, min_compress_numel=256, fused=True)
+    link, gpu = Link(rate, 20e-6), Constants.assumed_gpu()
+    n = slower_than_dense_from(shapes, method, link, compute, constants=gpu)
+
+    def gap(workers):
+        return (predict(shapes, method, workers, link, compute, constants=gpu).seconds
+                - predict(shapes, Method("dense"), workers, link, compute, constants=gpu).seconds)
+    assert n is not None and gap(n) > 0 and (n == 2 or gap(n - 1) <= 0)
+    assert all(gap(m) > 0 for m in (n, 2 * n, 8 * n))
+    assert slower_than_dense_from(shapes, method, Link(1e3), compute, constants=gpu, limit=64) is None
 
 
 def test_warmup_is_slower_than_dense_at_scale_only_in_its_first_epochs():

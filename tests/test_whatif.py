@@ -33,6 +33,7 @@ def test_readme_command_prints_the_table_and_writes_the_plot(tmp_path):
     assert "ratio 0.25: from N = 9" in out          # 25%: 4-byte pairs outgrow the allreduce from N = 9
     assert "ratio 0.001: from N = " in out
     assert "slower epochs" in out
+    assert "DGC 0.001 as configured: predicted slower than dense fp32 from N = " in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
