@@ -9,7 +9,9 @@ Agarwal et al. (MLSys'22) take:
   one collective, whatever its algorithm's number of hops) plus the bytes each worker sends in it over
   ``link.bandwidth`` (bytes per second each way per worker): ring allreduce 2 (N - 1) / N of the tensor, ring
   allgather N - 1 rows, broadcast the tensor once (pipelined). The link is one serial resource: collectives
-  queue, in the order they are started.
+  queue, in the order they are started; unfused, the allreduces ready when the link frees leave as one
+  (Horovod's tensor fusion, :attr:`Constants.backend_fusion`). ``link.burst`` models a token-bucket shaper
+  (the tc tbf links of scripts/bench_network.py).
 - **Compute and overlap.** ``compute`` (forward + backward, no exchange) splits into a forward pass and a
   backward pass (``Constants.backward_fraction``). The backward pass produces gradients in reverse model
   order, its time shared equally among the weight tensors (a convolution's FLOPs are about equal across
@@ -20,16 +22,17 @@ Agarwal et al. (MLSys'22) take:
   collective per (collective, element type) leaves. After the backward pass the training thread waits for
   each exchange in turn and decompresses it; a second round (PowerSGD's Q) starts as its first is decoded.
 - **Codecs.** Host seconds per element and per tensor (:class:`Constants`), from ``bench_compression.py``'s
-  figures on this project's 2-core CPU (``docs/bench_compression.txt``); on the critical path.
+  figures on this project's 2-core CPU (``docs/bench_compression.txt``) times a scale fitted on the recorded
+  training steps (:data:`CPU_SCALE`), or a GPU's (assumed); on the critical path.
 - **Hierarchical DGC** (``"dgc_hier"``, ``ranks_per_host`` R): a dense fp32 allreduce among a host's R ranks
   over ``local_link``, DGC at ``ratio`` x R between the N / R hosts' leaders (the flat exchange's update
   density, README "Hierarchical exchange"), then a broadcast within the host; the leader compresses each
   host average as it arrives, and the broadcasts start once every compressed round is done.
 
-What it leaves out, so read its numbers as such: Horovod's own fusion of dense allreduces (each tensor counts
-as one collective here, an upper bound on their number), a latency that grows with N (a ring's 2 (N - 1)
-hops; ``link.latency`` is per collective), contention between the codecs and the compute for cores, and
-stragglers.
+What it leaves out, so read its numbers as such: Horovod's cycle time and fusion-buffer limit, a latency that
+grows with N (a ring's 2 (N - 1) hops; ``link.latency`` is per collective), the non-finite flag's tiny
+collective, contention between the codecs and the compute for cores, congestion, and stragglers. Validated
+against measured steps at N <= 4 only (scripts/validate_costmodel.py, docs/costmodel/validation.md).
 """
 import math
 from dataclasses import dataclass, field, fields, replace
