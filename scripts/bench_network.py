@@ -353,6 +353,8 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=900, help="seconds a cell may take before it fails")
     parser.add_argument("--plot", help="write seconds per step against link rate (one panel per N and model) here")
     parser.add_argument("--json", help="write every cell's measurements here")
+    parser.add_argument("--constants", help="then fit the cost model's constants on them (needs --json; "
+                        "scripts/validate_costmodel.py) and write them here, its table next to it (.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -369,6 +371,8 @@ def parse_args(argv):
         bad = [v for v in value if v not in allowed]
         if bad:
             parser.error(f"unknown {what} {bad[0]!r}; expected one of {', '.join(allowed)}")
+    if args.constants and not args.json:
+        parser.error("--constants needs --json (the constants are fitted on the cells it records)")
     if args.batch < 1:
         parser.error(f"--batch {args.batch} must be >= 1 (images per worker and step)")
     if any(w < 1 for w in args.workers) or args.ranks_per_host < 1:
@@ -429,6 +433,10 @@ def main(argv=None):
                                                        for n, m, r, c in rows], indent=1))
     if args.plot:
         plot(rows, args.methods, args.plot)
+    if args.constants:
+        import validate_costmodel
+        return validate_costmodel.main(["--json", args.json, "--hierarchical", "", "--constants", args.constants,
+                                        "--out", str(pathlib.Path(args.constants).with_suffix(".md"))])
     return 0
 
 
