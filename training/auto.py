@@ -174,8 +174,11 @@ def measure_link(hvd, device, max_bytes, target_s=0.1, repeats=3, sync=lambda: N
     """Measure the link by timed dense fp32 allreduces through ``hvd`` (horovod.torch or
     training.torch_backend): the per-collective cost from a 4-byte one, the bandwidth from one doubled (from
     256 KiB, up to ``max_bytes``) until it takes ``target_s``, repeated back to back (a shaper's bucket
-    drained), and a shaper's burst from one more after an idle second. Rank 0's times decide the sizes (one
-    object allgather per size, so every rank runs the same collectives). Returns ``(Link, measured dict)``."""
+    drained; the fastest of ``repeats`` counts, the others met noise), and, where it reached ``target_s``, a
+    shaper's burst from one more after an idle second. Where even ``max_bytes`` (the model's gradient) takes
+    under twice the per-collective cost, the link's bandwidth cannot be told from noise at the sizes that
+    matter: its lower bound (all the time as transfer) is taken. Rank 0's times decide (one object
+    allgather per collective, so every rank runs the same ones). Returns ``(Link, measured dict)``."""
     import torch
 
     from dgc.costmodel import Link, ring_allreduce_bytes
@@ -190,20 +193,24 @@ def measure_link(hvd, device, max_bytes, target_s=0.1, repeats=3, sync=lambda: N
 
     workers = hvd.size()
     timed(1)
-    latency = statistics.median(timed(1) for _ in range(repeats))
+    latency = min(timed(1) for _ in range(repeats))
     numel = 2 ** 16
     cap = max(numel, int(max_bytes) // 4)
     while timed(numel) < target_s and numel < cap:
         numel = min(2 * numel, cap)
-    seconds = statistics.median(timed(numel) for _ in range(repeats))
+    seconds = min(timed(numel) for _ in range(repeats))
     wire = ring_allreduce_bytes(workers, 4 * numel)
-    bandwidth = wire / max(seconds - latency, 1e-9)
-    time.sleep(1.0)
-    idle = timed(numel)
-    burst = min(wire, max(0.0, wire - (idle - latency) * bandwidth))
-    burst = burst if burst > 0.05 * wire else 0.0     # within noise: no shaper
-    return Link(bandwidth, latency, burst), {"allreduce_bytes": 4 * numel, "allreduce_s": seconds,
-                                             "idle_allreduce_s": idle, "tiny_allreduce_s": latency}
+    resolved = seconds > 2 * latency
+    bandwidth = wire / (seconds - latency if resolved else seconds)
+    measured = {"allreduce_bytes": 4 * numel, "allreduce_s": seconds, "tiny_allreduce_s": latency,
+                "bandwidth_resolved": resolved}
+    burst = 0.0
+    if seconds >= target_s:
+        time.sleep(1.0)
+        idle = measured["idle_allreduce_s"] = timed(numel)
+        burst = min(wire, max(0.0, wire - (idle - latency) * bandwidth))
+        burst = burst if burst > 0.05 * wire else 0.0     # within noise: no shaper
+    return Link(bandwidth, latency, burst), measured
 
 
 def decide(auto, hvd, model, batches, device, passes=1, autocast=contextlib.nullcontext, methods=None):
