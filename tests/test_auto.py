@@ -116,6 +116,12 @@ def test_forced_slow_link_trains_dgc_logs_it_and_resume_keeps_it(tmp_path):
     events.Reload()
     text = events.Tensors("auto/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "auto: chose dgc" in text and '"choice": "dgc"' in text
+    direct = tmp_path / "direct"     # the chosen candidate's files from the start: calibration trained nothing
+    horovodrun(2, ["train.py", "--configs", DIGITS[0], "configs/compression/dgc.py", "configs/dgc/compact.py", *SHORT,
+                   "train.fuse_exchange=True", "--run-dir", direct])
+    same = json.loads((direct / "metrics.json").read_text())["history"][0]
+    assert [metrics["history"][0][k] for k in ("train_loss", "test_loss", "bytes_sent")] == \
+        [same[k] for k in ("train_loss", "test_loss", "bytes_sent")]
     out = horovodrun(2, args[:-2] + ["train.num_epochs=2", "--run-dir", run]).stdout
     assert "auto: keeping dgc, the choice recorded in" in out and "auto: chose" not in out, out[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
