@@ -167,8 +167,12 @@ def check_training_setup(cfg, backend):
     in-process worker, so that a bad compressor, memory or optimizer argument stops every rank with a message
     before the process group starts or anything trains (and the torch backend never needs Horovod)."""
     from dgc.inprocess import InProcessGroup
+    from training import auto
     from training.config import ConfigError
 
+    if auto.is_auto(cfg):
+        check_auto(cfg, backend)
+        return
     if cfg.train.compression is None:
         return
     for key in ("compression", "memory", "dense_compression"):
@@ -186,6 +190,62 @@ def check_training_setup(cfg, backend):
             build_optimizer(cfg, model, 1, communicator)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"train.optimizer with this compression and memory: {error}") from None
+
+
+def check_auto(cfg, backend):
+    """compression=auto: its options, and every candidate's config with the run's other keys (as
+    :func:`check_config` and :func:`check_training_setup` check one), before anything starts."""
+    from training import auto
+    from training.config import ConfigError
+    try:
+        cfg.train.compression()
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"train.compression (configs/compression/auto.py): {error}") from None
+    if cfg.train.hierarchical:
+        raise ConfigError("train.hierarchical=True with compression=auto: auto chooses among flat exchanges "
+                          "(dense, fp16, dgc); choose configs/dgc/hierarchical.py's setup yourself")
+    for name in cfg.train.compression.candidates:
+        with auto.candidate(cfg, name):
+            try:
+                check_config(cfg)
+                check_training_setup(cfg, backend)
+            except ConfigError as error:
+                raise ConfigError(f"compression=auto, candidate {name!r}: {error}; drop it from "
+                                  "train.compression.candidates or change the key") from None
+
+
+def auto_compression(cfg, hvd, model, train_loader, main_ckpt, device, autocast, channels_last):
+    """compression=auto: the choice the run's checkpoint records (a resumed run keeps it, whatever it would
+    measure now), else one made now on this run's batches (:mod:`training.auto`; nothing trained, RNG states
+    put back); ``cfg`` becomes the chosen candidate's config. Returns ``(decision record, kept)``."""
+    import itertools
+
+    import torch
+    from training import auto
+    from training import checkpoint as ckpt
+    record = None
+    if hvd.rank() == 0:
+        for path in (main_ckpt, ckpt.previous(main_ckpt)):
+            try:
+                if path.is_file():
+                    record = auto.recorded(ckpt.load(path)["history"])
+                    break
+            except ckpt.CorruptCheckpoint:
+                continue
+    record = hvd.allgather_object(record, name="dgc.auto.recorded")[0]
+    kept = record is not None
+    if not kept:
+        options, passes = cfg.train.compression(), cfg.train.backward_passes_per_step
+        rng = ckpt.rng_state()
+        first = []
+        for x, y in itertools.islice(train_loader, 1 + options.calibration_steps * passes):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            first.append((x.contiguous(memory_format=torch.channels_last) if channels_last else x, y))
+        record = auto.decide(options, hvd, model, itertools.cycle(first).__next__, device, passes, autocast,
+                             auto.candidate_methods(cfg, options.candidates))
+        ckpt.set_rng_state(rng)
+    auto.apply(cfg, record["choice"])
+    return record, kept
 
 
 def code_digest():
@@ -431,6 +491,7 @@ def train(args, cfg, dataset):
         import horovod.torch as hvd
 
     from dgc.replicas import ReplicaMismatch
+    from training import auto
     from training import checkpoint as ckpt
     from training import data as data_lib
     from training.runlog import RunLog, sum_over_workers
@@ -479,6 +540,13 @@ def train(args, cfg, dataset):
         if rank == 0:
             print(f"train.py: error: {problem}", file=sys.stderr)
         return 2
+    auto_record = None
+    if auto.is_auto(cfg):
+        auto_record, kept = auto_compression(cfg, hvd, model, train_loader, main_ckpt, device, autocast,
+                                             channels_last)
+        if rank == 0:
+            print(f"auto: keeping {auto_record['choice']}, the choice recorded in {main_ckpt}" if kept
+                  else auto.summary(auto_record), flush=True)
     if args.backend == "torch":
         net, optimizer, exchange, step = build_ddp(cfg, model, world)
     else:
@@ -528,7 +596,8 @@ def train(args, cfg, dataset):
     info = {"run": run_dir.name, "dataset": cfg.data.name, "model": cfg.model.target.__name__, "num_workers": world,
             "device": device.type,
             "compression": "none" if cfg.train.compression is None else cfg.train.compression.target.__name__,
-            "dense_bytes_per_step": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)}
+            "dense_bytes_per_step": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad),
+            **({"auto": auto_record} if auto_record is not None else {})}
     log = RunLog(run_dir, info, cfg.train.target_accuracy, history, enabled=rank == 0)
 
     for epoch in range(start_epoch, cfg.train.num_epochs):
@@ -604,6 +673,8 @@ def train(args, cfg, dataset):
                   "skipped_steps": exchange.skipped_steps - skipped_before,
                   "loss_scale": exchange.loss_scale.value if cfg.train.amp == "fp16" else None,
                   "lr": optimizer.param_groups[0]["lr"]}
+        if auto_record is not None and auto.recorded(log.history) is None:    # kept in the checkpoint
+            record["auto"] = auto_record
         log.epoch(record)
         if rank == 0:
             print(f"epoch {epoch + 1}/{cfg.train.num_epochs} train_loss={record['train_loss']:.4f} "

@@ -5,7 +5,7 @@ method against the compute-only limit, in one run.
 Usage (root: namespaces, veth and tc need it):
   .venv/bin/python scripts/bench_network.py [--workers 2,4] [--rates 10mbit,100mbit,1gbit,none]
       [--models resnet20,vgg16] [--methods limit,dense,fp16,powersgd,dgc,dgc_fused,dgc_hier,ddp_dgc,ddp_dgc_sync,
-                                          dgc_warmup,dgc_warmup_switch]
+                                          dgc_warmup,dgc_warmup_switch,auto]
       [--ranks-per-host R] [--steps MODEL=N,...]
 
 Workers start exactly as on separate hosts (Gloo, a rendezvous server in the root namespace, no ssh); each
@@ -25,6 +25,10 @@ of pairs) and on (a selection goes as a dense fp32 allreduce where that moves fe
 25%). Their cells also give the bytes each worker sends per step on the wire by the ring algorithms
 (dgc.costmodel), counted per collective, as dense's: an allgather's payload counts N - 1 times. The other dgc
 methods keep the switch on too; at 0.1% it never triggers (below roughly N = 1,000), so they are unchanged.
+
+auto: train.py's compression=auto (training/auto.py) in the cell: its calibration (forward + backward timed,
+the link measured by dense allreduces, untimed here) picks dense, fp16 or dgc_fused's setup, whose steps are
+then timed; a table sets its seconds per step and choice beside the best fixed method's of those three.
 """
 import argparse
 import json
@@ -45,13 +49,16 @@ SUBNET = "10.77.0"
 BRIDGE_IP = f"{SUBNET}.1"
 IFACE = "dgceth"                      # each worker namespace's link, the same name in every namespace
 METHODS = ("limit", "dense", "fp16", "powersgd", "dgc", "dgc_fused", "dgc_hier", "ddp_dgc", "ddp_dgc_sync",
-           "dgc_warmup", "dgc_warmup_switch")
+           "dgc_warmup", "dgc_warmup_switch", "auto")
 LABELS = {"limit": "compute only", "dense": "dense fp32 (Horovod)", "fp16": "fp16 (Horovod)",
           "powersgd": "PowerSGD r4", "dgc": "DGC 0.001", "dgc_fused": "DGC 0.001 fused+compact",
           "dgc_hier": "DGC hierarchical", "ddp_dgc": "DGC fused, DDP hook", "ddp_dgc_sync": "DGC fused, DDP hook sync",
-          "dgc_warmup": "DGC 25% warm-up, pairs", "dgc_warmup_switch": "DGC 25% warm-up, switch"}
+          "dgc_warmup": "DGC 25% warm-up, pairs", "dgc_warmup_switch": "DGC 25% warm-up, switch",
+          "auto": "auto (its choice)"}
 """dgc_hier: dgc_fused's format, averaged densely within a host, compressed between hosts at 0.001 x ranks per
 host (the flat exchange's update density; configs/dgc/hierarchical.py)."""
+AUTO_METHODS = {"dense": "dense", "fp16": "fp16", "dgc": "dgc_fused"}
+"""auto: the method of this script that trains each of compression=auto's candidates (training/auto.py)."""
 DEFAULT_STEPS = {"tiny": 3, "resnet20": 8, "vgg16": 3}
 """Timed steps per cell (after one warm-up step): dense VGG-16 at 10 Mbit/s takes about 50 s a step."""
 
@@ -255,6 +262,22 @@ def ddp_worker(args):
     dgc_torch.close_process_group()
 
 
+def auto_choice(hvd, model, shape, batch):
+    """auto: train.py's compression=auto decision (training/auto.py, configs/compression/auto.py's defaults)
+    for this cell: forward + backward timed on a batch like the timed steps', the link measured by dense
+    allreduces, the cost model asked; returns its record."""
+    import torch
+
+    from training import auto
+    from training.config import load_configs
+    cfg = load_configs([ROOT / "configs" / "__init__.py"], root=ROOT / "configs")
+    options = auto.Auto()
+    gen = torch.Generator().manual_seed(1000 + hvd.rank())
+    x, y = torch.randn(batch, *shape, generator=gen), torch.randint(10, (batch,), generator=gen)
+    return auto.decide(options, hvd, model, lambda: (x, y), torch.device("cpu"),
+                       methods=auto.candidate_methods(cfg, options.candidates))
+
+
 def worker(args):
     """One rank: ``warmup`` + ``steps`` training steps of ``model`` on a fixed random batch with ``method``;
     rank 0 prints its per-step seconds, bytes and collectives as one JSON line."""
@@ -273,6 +296,10 @@ def worker(args):
     model, shape = build_model(args["model"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     method = args["method"]
+    decision = None
+    if method == "auto":     # decided in this cell's first seconds, then the chosen method's timed steps
+        decision = auto_choice(hvd, model, shape, args["batch"])
+        method = AUTO_METHODS[decision["choice"]]
     named = list(model.named_parameters())
     numel = sum(p.numel() for _, p in named)
     stats = wire = None
@@ -334,7 +361,7 @@ def worker(args):
     hvd.barrier()
     if hvd.rank() == 0:
         cell = {"seconds": statistics.median(times[1:]), "bytes": bytes_per_step, "collectives": collectives,
-                "size": hvd.size()}
+                "size": hvd.size(), **({"choice": decision["choice"], "auto": decision} if decision else {})}
         if method in ("dense", "fp16", "dgc_warmup", "dgc_warmup_switch"):
             cell["wire_bytes"] = round(wire_per_step)
         print(json.dumps(cell), flush=True)
@@ -425,7 +452,8 @@ def main(argv=None):
                             limit = cells[method]
                         r = cells[method]
                         print(f"  N={size} {model} {rate} {method}: {r['seconds']:.3f} s/step, "
-                              f"{r['bytes']} B, {r['collectives']} collectives", flush=True)
+                              f"{r['bytes']} B, {r['collectives']} collectives"
+                              + (f", auto chose {r['choice']}" if "choice" in r else ""), flush=True)
                     rows.append((size, model, rate, cells))
     print_tables(rows, args)
     if args.json:
@@ -491,6 +519,8 @@ def print_tables(rows, args):
             dense = cells["dense"]["wire_bytes"] if "dense" in cells else "-"
             print(f"| {size} | {model} | {rate} | {off['seconds']:.3f} | {on['seconds']:.3f} | "
                   f"{ratio(off['seconds'], on['seconds'])} | {off['wire_bytes']} | {on['wire_bytes']} | {dense} |")
+    if "auto" in methods:
+        print_auto(rows, methods)
     print("\n| N | model | link | method | images/s | bytes per step per worker | collectives per step |")
     print("| ---: | :--- | :--- | :--- | ---: | ---: | ---: |")
     for size, model, rate, cells in rows:
@@ -498,6 +528,22 @@ def print_tables(rows, args):
             c = cells[m]
             print(f"| {size} | {model} | {rate} | {LABELS[m]} | {c['size'] * args.batch / c['seconds']:.0f} | "
                   f"{c['bytes']} | {c['collectives']} |")
+
+
+def print_auto(rows, methods):
+    """auto's choice per cell and its seconds per step against the best fixed method among its candidates'
+    (within 5% is the goal, issue 21)."""
+    fixed = [m for m in AUTO_METHODS.values() if m in methods]
+    print("\n| N | model | link | auto's choice | auto s/step | best fixed | best s/step | auto / best | "
+          "predicted s/step (dense, fp16, dgc) |")
+    print("| ---: | :--- | :--- | :--- | ---: | :--- | ---: | ---: | :--- |")
+    for size, model, rate, cells in rows:
+        a = cells["auto"]
+        best = min(fixed, key=lambda m: cells[m]["seconds"]) if fixed else None
+        predicted = ", ".join(f"{s:.3f}" for s in a["auto"]["predicted_s"].values())
+        print(f"| {size} | {model} | {rate} | {a['choice']} | {a['seconds']:.3f} | {best and LABELS[best]} | "
+              + (f"{cells[best]['seconds']:.3f} | {a['seconds'] / cells[best]['seconds']:.2f}" if best else "- | -")
+              + f" | {predicted} |")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ class RunLog:
         self.target = float(target_accuracy)
         self.history = list(history)
         self.writer = SummaryWriter(str(self.run_dir)) if enabled else None
+        if self.writer is not None and self.info.get("auto") is not None:    # compression=auto's decision
+            from training.auto import summary
+            self.writer.add_text("auto", f"{summary(self.info['auto'])}\n\n    "
+                                 + json.dumps(self.info["auto"], indent=1).replace("\n", "\n    "), 0)
 
     def step(self, global_step, loss, lr, exchange):
         if self.writer is None:
