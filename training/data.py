@@ -4,6 +4,8 @@ Each builder returns ``{"train": Dataset, "test": Dataset}`` and raises :class:`
 the folder and the files it expected, before any training starts. CIFAR comes as :class:`ImageTensors`
 (uint8 images in memory, decoded once into a checksummed cache file), which :func:`loaders` batches,
 crops, flips and normalises on the training device; the others go through DataLoader workers.
+torchvision is imported by the builders that use it: importing it takes seconds, which a digits run's ranks
+need not pay.
 """
 import contextlib
 import fcntl
@@ -16,7 +18,6 @@ import warnings
 
 import numpy as np
 import torch
-from torchvision import datasets, io, transforms
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -119,6 +120,7 @@ def decode_folder(found, size=(32, 32), chunk=2000):
     """Decode every image of the ImageFolder ``found`` (in its order) into ``{"images": uint8 [N, 3, H, W],
     "labels": int64 [N], "classes": [...]}``: files read whole, JPEG chunks through torchvision's batched
     decoder (the same pixels as PIL), anything else one by one."""
+    from torchvision import io
     images = torch.empty(len(found.samples), 3, *size, dtype=torch.uint8)
     for start in range(0, len(found.samples), chunk):
         paths = [path for path, _ in found.samples[start:start + chunk]]
@@ -194,6 +196,7 @@ def cached(path, build):
 def image_folder_tensors(folder, cache):
     """An ImageFolder split as tensors: decoded once into ``cache/<folder>-<split>-<digest>.pt`` (``cache``
     None: decoded every time, nothing written)."""
+    from torchvision import datasets
     folder = pathlib.Path(folder)
     found = datasets.ImageFolder(folder)
     if cache is None:
@@ -207,6 +210,7 @@ def cifar(root, num_classes=10, download=False, augment=True, cache="data/cache"
     e.g. the JPEG copy in ../shared/data; decoded once into a uint8 tensor file under ``cache``) or
     torchvision's binary release (already uint8 arrays; downloaded if ``download``). ``augment``: training
     images randomly cropped and flipped (:class:`ImageTensors`)."""
+    from torchvision import datasets
     root = pathlib.Path(root)
     if (root / "train").is_dir() and (root / "test").is_dir():
         found = {split: image_folder_tensors(root / split, cache) for split in ("train", "test")}
@@ -235,6 +239,7 @@ def cifar(root, num_classes=10, download=False, augment=True, cache="data/cache"
 def image_folder(root, image_size=224, train_dir="train", test_dir="val"):
     """An ImageNet-style tree ``root/train/<class>/*`` and ``root/val/<class>/*`` with the standard
     random-resized-crop / flip training transform and resize + center-crop evaluation."""
+    from torchvision import datasets, transforms
     root = pathlib.Path(root)
     for part in (train_dir, test_dir):
         if not (root / part).is_dir():
