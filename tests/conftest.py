@@ -10,6 +10,9 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HOROVODRUN = pathlib.Path(sys.executable).parent / "horovodrun"
 TORCHRUN = pathlib.Path(sys.executable).parent / "torchrun"
+COMPRESSION_CONFIGS = sorted(p for p in (ROOT / "configs" / "compression").glob("*.py") if p.stem not in ("__init__", "auto"))
+"""Every compressor's file of configs/compression/. auto.py is no compressor: train.py replaces it by one of its
+candidates, which are files of this list (tests/test_auto.py)."""
 
 
 def horovodrun(np, args, timeout=300, cwd=ROOT, check=True, hosts=None):

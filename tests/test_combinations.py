@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT
+from conftest import COMPRESSION_CONFIGS, ROOT
 from dgc.horovod import DistributedOptimizer
 from dgc.inprocess import InProcessGroup
 from training.config import load_configs
 
-COMPRESSION = sorted(p for p in (ROOT / "configs" / "compression").glob("*.py") if p.stem != "auto")
-"""auto.py is no compressor: train.py replaces it by one of its candidates, files tested here (tests/test_auto.py)."""
+COMPRESSION = COMPRESSION_CONFIGS
 HOSTS, PER_HOST = 2, 2
 WORLD = HOSTS * PER_HOST
 STEPS = 2

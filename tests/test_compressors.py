@@ -24,10 +24,11 @@ from dgc.costmodel import sparse_is_larger
 from dgc.exchange import Exchange
 from dgc.inprocess import InProcessGroup
 from dgc.memory import DGCSGDMemory, ResidualMemory
+from conftest import COMPRESSION_CONFIGS
 from training.config import load_configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIGS = sorted(p.name for p in (ROOT / "configs" / "compression").glob("*.py") if p.name != "__init__.py")
+CONFIGS = [p.name for p in COMPRESSION_CONFIGS]
 ROWS, COLS = 64, 32          # the compressed weight of the test model: 2048 elements
 
 

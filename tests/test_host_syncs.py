@@ -10,14 +10,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
-from conftest import ROOT
+from conftest import COMPRESSION_CONFIGS, ROOT
 from dgc.exchange import Exchange
 from dgc.horovod import DistributedOptimizer
 from dgc.inprocess import InProcessGroup
 from host_syncs import HostSyncCounter
 from training.config import load_configs
 
-COMPRESSION = sorted((ROOT / "configs" / "compression").glob("*.py"))
+COMPRESSION = COMPRESSION_CONFIGS
 DGC = [p for p in sorted((ROOT / "configs" / "dgc").glob("*.py")) if p.stem != "hierarchical"]
 """configs/dgc/ on top of its __init__.py (the hierarchical exchange needs host communicators: not here)."""
 CASES = {f"compression/{p.stem}": ([p], {}) for p in COMPRESSION}
