@@ -3,7 +3,8 @@
     horovodrun -np 2 -H localhost:2 --gloo python train.py --configs configs/cifar/resnet20.py \
         configs/dgc/wm5.py configs/dgc/fp16.py configs/dgc/int32.py [train.num_epochs=5 ...]
     torchrun --standalone --nproc-per-node 2 train.py --backend torch --configs ...   # DDP + comm hook
-    python train.py --configs ... --evaluate            # evaluate the run's checkpoint
+    python train.py --configs ... --evaluate [--checkpoint FILE]    # the run's checkpoint, or FILE (also a
+                                                                    # compressed model: scripts/compress_model.py)
 
 Config files compose in order; ``key=value`` items among them override keys after all files ran. The run
 directory (``runs/<dataset>.<model>[.<extra configs>].np<N>`` unless --run-dir) holds config.txt,
@@ -29,7 +30,8 @@ def parse_args(argv):
     parser.add_argument("--resume", action="store_true",
                         help="require a checkpoint in the run directory (resuming is automatic anyway)")
     parser.add_argument("--evaluate", action="store_true", help="evaluate the run's checkpoint, do not train")
-    parser.add_argument("--checkpoint", help="with --evaluate: this checkpoint file instead of the run's")
+    parser.add_argument("--checkpoint", help="with --evaluate: this checkpoint file (or a compressed model file of "
+                                             "scripts/compress_model.py) instead of the run's")
     parser.add_argument("--backend", choices=("horovod", "torch"), default="horovod",
                         help="horovod (horovodrun; default) or torch (torchrun: DistributedDataParallel, the "
                              "compressors through its communication hook)")
@@ -286,6 +288,33 @@ def probe_writable(folder):
     return None
 
 
+def checked_model_state(cfg, path):
+    """The model state dict of ``path`` for --evaluate: a train.py checkpoint, or a compressed model file
+    (scripts/compress_model.py) decoded into ordinary tensors. A ConfigError naming the file when it is
+    missing, truncated or altered, or holds another model than ``cfg``'s (checked on the meta device)."""
+    import torch
+
+    from dgc import storage
+    from training import checkpoint as ckpt
+    from training.config import ConfigError
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--evaluate: no checkpoint at {path}")
+    try:
+        state = storage.load(path)[0] if storage.is_compressed(path) else ckpt.load(path)["model"]
+    except (ckpt.CorruptCheckpoint, storage.StorageError) as error:
+        raise ConfigError(f"--evaluate: {error}") from None
+    with torch.device("meta"):
+        model = cfg.model()
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as error:       # other names or shapes
+        raise ConfigError(f"--evaluate: {path} holds another model than the configs' {cfg.model.target.__name__}: "
+                          f"{' '.join(str(error).split())[:400]}") from None
+    return state
+
+
 def evaluate(model, loader, hvd, channels_last, name, device):
     """Loss, top-1 and top-5 (percent) over the whole test set (each rank holds a disjoint shard), on
     ``device``: the sums stay there until the one allreduce at the end."""
@@ -324,6 +353,8 @@ def main(argv=None):
             raise ConfigError("train.torch_hook (e.g. configs/ddp/powersgd.py) is a DDP communication "
                               "hook: it needs --backend torch under torchrun")
         check_training_setup(cfg, args.backend)
+        if args.evaluate and args.checkpoint:
+            args.model_state = checked_model_state(cfg, args.checkpoint)
         import torch
         from training import data as data_lib
         dataset = cfg.data.dataset()
@@ -492,6 +523,7 @@ def train(args, cfg, dataset):
 
     from dgc.replicas import ReplicaMismatch
     from training import auto
+    from training.config import ConfigError
     from training import checkpoint as ckpt
     from training import data as data_lib
     from training.runlog import RunLog, sum_over_workers
@@ -560,7 +592,13 @@ def train(args, cfg, dataset):
             if rank == 0:
                 print(f"train.py: error: --evaluate: no checkpoint at {main_ckpt}", file=sys.stderr)
             return 2
-        model.load_state_dict(ckpt.load(main_ckpt)["model"])
+        try:        # --checkpoint FILE was read and checked before training began
+            state = args.model_state if args.checkpoint else checked_model_state(cfg, main_ckpt)
+            model.load_state_dict(state)
+        except ConfigError as error:
+            if rank == 0:
+                print(f"train.py: error: {error}", file=sys.stderr)
+            return 2
         result = evaluate(model, test_loader, hvd, channels_last, "eval", device)
         if rank == 0:
             print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))

@@ -1,7 +1,7 @@
 """The compressed-model file: one self-describing, checksummed file.
 
 Layout: ``MAGIC`` (8 bytes), format version and header length (two uint32, little-endian), the header (UTF-8
-JSON: version, source checkpoint, the model's config text, the options, one entry per state tensor with its
+JSON, zlib-compressed: its per-tensor descriptions repeat the same keys; it holds the version, source checkpoint, the model's config text, the options, one entry per state tensor with its
 layout and streams), the streams' bytes one after another, and the SHA-256 of everything before it. Nothing is
 unpickled: a file decodes to tensors only, and a truncated or altered one is refused before any decoding.
 """
@@ -11,6 +11,7 @@ import os
 import pathlib
 import struct
 import tempfile
+import zlib
 
 from dgc.storage.encode import decode_state, encode_state
 
@@ -39,15 +40,13 @@ def pack(state, options, config=None, source=None):
     ``config``: the model's config text, ``source``: where it came from (both kept in the header)."""
     entries, blobs = encode_state(state, options)
     offset = 0
-    for entry in entries:
-        entry["bytes"] = 0
     streams = []
     for blob in blobs:
         streams.append({"offset": offset, "length": len(blob)})
         offset += len(blob)
     header = {"version": VERSION, "source": source, "config": config, "options": options.as_dict(),
               "streams": streams, "tensors": entries}
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = _header_text(header)
     body = _PREFIX.pack(MAGIC, VERSION, len(text)) + text + b"".join(blobs)
     return body + hashlib.sha256(body).digest(), header
 
@@ -59,6 +58,9 @@ def save(path, state, options, config=None, source=None):
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)       # an ordinary file's mode, not mkstemp's private one
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -81,13 +83,13 @@ def unpack(data, name="the file"):
     if version != VERSION:
         raise StorageError(f"{name}: format version {version}; this code reads version {VERSION}")
     try:
-        header = json.loads(body[_PREFIX.size:_PREFIX.size + length])
+        header = json.loads(zlib.decompress(body[_PREFIX.size:_PREFIX.size + length]))
         start = _PREFIX.size + length
         blobs = [body[start + s["offset"]:start + s["offset"] + s["length"]] for s in header["streams"]]
         if start + sum(s["length"] for s in header["streams"]) != len(body):
             raise ValueError("the streams do not fill the file")
         return decode_state(header["tensors"], blobs), header
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, zlib.error) as error:
         raise StorageError(f"{name}: does not decode ({type(error).__name__}: {error})") from None
 
 
@@ -102,5 +104,8 @@ def load(path):
 
 def header_bytes(header):
     """Bytes of the file outside the streams: magic, version, length, header JSON and checksum."""
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return _PREFIX.size + len(text) + _DIGEST
+    return _PREFIX.size + len(_header_text(header)) + _DIGEST
+
+
+def _header_text(header):
+    return zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
