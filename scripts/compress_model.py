@@ -61,16 +61,7 @@ def read_source(path):
     if storage.is_compressed(path):
         state, header = storage.load(path)
         return state, header.get("config"), {"file": str(path), "compressed": True}
-    with open(path, "rb") as f:
-        f.seek(-len(ckpt.MAGIC) - 32, 2)
-        checksummed = f.read(len(ckpt.MAGIC)) == ckpt.MAGIC
-    if checksummed:
-        loaded = ckpt.load(path)
-    else:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path}: not a checkpoint or state dict ({type(error).__name__}: {error})") from None
+    loaded = ckpt.load(path)    # checks a train.py checkpoint's checksum; a plain torch.save file loads too
     if isinstance(loaded, dict) and "model" in loaded:
         return loaded["model"], loaded.get("config"), {"file": str(path), "epoch": loaded.get("epoch")}
     if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):

@@ -238,14 +238,18 @@ def prune_rank_files(folder, rank, keep_epoch):
 
 def _body(path):
     """``(contents without the checksum trailer, whether a checksum verified them)``; raise
-    :class:`CorruptCheckpoint` if the file cannot be read or its checksum does not match. A file without a
-    trailer (truncated, or written before checksums existed) is returned unverified."""
+    :class:`CorruptCheckpoint` if the file cannot be read, its checksum does not match or it ends inside its
+    trailer. A file without a trailer (cut before it, or written before checksums existed) is returned
+    unverified."""
     try:
         data = pathlib.Path(path).read_bytes()
     except OSError as error:
         raise CorruptCheckpoint(f"{path}: cannot be read ({error.strerror or error})") from None
     tail = len(MAGIC) + 32
     if len(data) < tail or data[-tail:-32] != MAGIC:
+        cut = data.rfind(MAGIC[:3], max(len(data) - tail, 0))
+        if cut >= 0 and data[cut:cut + len(MAGIC)] == MAGIC[:len(data) - cut]:
+            raise CorruptCheckpoint(f"{path}: truncated (its checksum trailer is cut short)")
         return data, False
     body = data[:-tail]
     if hashlib.sha256(body).digest() != data[-32:]:
