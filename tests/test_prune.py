@@ -179,7 +179,28 @@ def test_pruned_weights_are_never_selected_by_dgc():
     assert sum(int((~m).sum()) for m in results[0][1].values()) > 0.85 * sum(m.numel() for m in results[0][1].values())
 
 
-THREE_RUNS = """
+PRUNE = ["--configs", str(DIGITS), str(ROOT / "configs" / "prune" / "gradual.py"), "train.num_epochs=5"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.prune.final_sparsity=1.0"], r"final_sparsity=1.0 must be a fraction in \[0, 1\)"),
+    (["train.prune.start_epoch=3", "train.prune.end_epoch=2"], "end_epoch=2 must be after start_epoch=3"),
+    (["train.prune.end_epoch=6"], r"end_epoch=6 is beyond the run's 5 epochs \(train.num_epochs\)"),
+    (["train.prune.scope='row'"], "scope='row' must be 'layer' .* or 'global'"),
+    (["train.prune.frequency=0"], "frequency=0 must be an int >= 1"),
+    (["train.prune.initial_sparsity=0.9"], "initial_sparsity=0.9 exceeds final_sparsity=0.8"),
+    (["train.init_checkpoint=3"], "train.init_checkpoint' must be None or the path"),
+])
+def test_bad_pruning_values_fail_before_training(overrides, message, tmp_path, capsys, monkeypatch):
+    import re
+    monkeypatch.chdir(ROOT)
+    assert train.main([*PRUNE, *overrides, "--run-dir", str(tmp_path / "run")]) == 2
+    stderr = capsys.readouterr().err
+    assert re.search("train.py: error: .*" + message, stderr), stderr
+    assert not (tmp_path / "run").exists()
+
+
+RUNS = """
 import sys
 sys.path.insert(0, {root!r})
 import train
@@ -209,19 +230,25 @@ except Killed:
     pass
 checkpoint.save = save
 assert train.main([*args, "--run-dir", {resumed!r}]) == 0
+tune = [*args, "train.num_epochs=1", "train.prune.start_epoch=0", "train.prune.end_epoch=1",
+        "train.optimizer.lr=1e-9"]
+assert train.main([*tune, "train.init_checkpoint=" + {straight!r}, "--run-dir", {tuned!r}]) == 0
+assert train.main([*tune, "train.init_checkpoint=" + {garbage!r}, "--run-dir", {tuned!r} + "2"]) == 2
 """
 
 
 def test_masks_survive_a_killed_and_resumed_run(tmp_path):
     """A digits DGC run pruning from epoch 1 to 4 of 5, killed right after its epoch-2 checkpoint and run
-    again, ends with the masks, weights and accuracy of the uninterrupted run (CPU, one thread: deterministic).
-    The three runs share one process (train.main after train.main, as a fresh start would run it) to pay
-    the imports once."""
+    again, ends with the masks, weights and accuracy of the uninterrupted run (CPU, one thread: deterministic);
+    a fine-tuning run starts from its checkpoint, and a corrupt one is an error naming the file. The runs
+    share one process (train.main after train.main, as a fresh start would run it) to pay the imports once."""
     args = ["--configs", str(DIGITS), str(ROOT / "configs" / "dgc" / "wm5.py"),
             str(ROOT / "configs" / "prune" / "gradual.py"), "train.num_epochs=5", "data.train_fraction=0.5",
             "train.prune.start_epoch=1", "train.prune.end_epoch=4", "train.prune.frequency=3", "train.device='cpu'"]
-    script = THREE_RUNS.format(root=str(ROOT), epoch=2, straight=str(tmp_path / "straight"),
-                               resumed=str(tmp_path / "resumed"))
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    script = RUNS.format(root=str(ROOT), epoch=2, straight=str(tmp_path / "straight"),
+                               resumed=str(tmp_path / "resumed"), tuned=str(tmp_path / "tuned"),
+                               garbage=str(tmp_path / "garbage.pt"))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
@@ -237,3 +264,9 @@ def test_masks_survive_a_killed_and_resumed_run(tmp_path):
     assert [h["sparsity"] for h in a["history"]] == [h["sparsity"] for h in b["history"]]
     assert a["history"][-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert a["history"][-1]["test_top1"] == b["history"][-1]["test_top1"]
+    # Fine-tuning (train.init_checkpoint) starts from the straight run's weights: at lr 1e-9 its fresh masks
+    # are the straight run's (its zeros sort first) and its accuracy is the straight run's, not chance.
+    tuned = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "checkpoint.pt")
+    assert all(torch.equal(m, tuned["prune"]["masks"][n]) for n, m in a["prune"]["masks"].items())
+    assert tuned["history"][-1]["test_top1"] > a["history"][-1]["test_top1"] - 2
+    assert f"train.py: error: train.init_checkpoint: {tmp_path / 'garbage.pt'}: unreadable" in result.stderr
