@@ -68,7 +68,8 @@ class GradualPruner:
             raise ValueError("GradualPruner: end_epoch=None (three quarters of the run) needs num_epochs")
         end = 0.75 * num_epochs if end_epoch is None else end_epoch
         if end <= start_epoch:
-            raise ValueError(f"GradualPruner: end_epoch={end!r} must be after start_epoch={start_epoch!r}")
+            derived = " (None: three quarters of the run's epochs)" if end_epoch is None else ""
+            raise ValueError(f"GradualPruner: end_epoch={end!r}{derived} must be after start_epoch={start_epoch!r}")
         if num_epochs is not None and end > num_epochs:
             raise ValueError(f"GradualPruner: end_epoch={end!r} is beyond the run's {num_epochs} epochs "
                              "(train.num_epochs); the final sparsity would never be reached")
