@@ -410,7 +410,34 @@ def check_config(cfg):
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
         raise ConfigError("config key 'train.check_replicas_every' must be None (once per epoch) or an int >= 0 "
                           f"(steps; 0: never), got {every!r}")
+    if cfg.train.prune is not None:
+        if not hasattr(cfg.train.prune.target, "check"):
+            raise ConfigError("config key 'train.prune' must be None or Config(GradualPruner, ...) (configs/prune/"
+                              f"gradual.py), got {cfg.train.prune!r}")
+        try:
+            cfg.train.prune.target.check(**cfg.train.prune, num_epochs=cfg.train.num_epochs)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"train.prune: {error}") from None
+    if cfg.train.init_checkpoint is not None and not isinstance(cfg.train.init_checkpoint, str):
+        raise ConfigError("config key 'train.init_checkpoint' must be None or the path of a checkpoint (or its run "
+                          f"directory), got {cfg.train.init_checkpoint!r}")
     check_device_keys(cfg)
+
+
+def init_weights(model, path):
+    """Load the model weights of checkpoint ``path`` (a run directory: its checkpoints/checkpoint.pt) into
+    ``model``; return an error message naming the file, or None."""
+    from training import checkpoint as ckpt
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "checkpoint.pt"
+    try:
+        model.load_state_dict(ckpt.load(path)["model"])
+    except ckpt.CorruptCheckpoint as error:
+        return f"train.init_checkpoint: {error}"
+    except (KeyError, TypeError, RuntimeError) as error:
+        return f"train.init_checkpoint: {path} holds no weights of this model ({type(error).__name__}: {error})"
+    return None
 
 
 def check_device_keys(cfg):
@@ -572,6 +599,9 @@ def train(args, cfg, dataset):
         if rank == 0:
             print(f"train.py: error: {problem}", file=sys.stderr)
         return 2
+    # Its gradient hooks come before the exchange's (DDP's hook keeps a copy of the local gradient).
+    pruner = cfg.train.prune(model, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs) \
+        if cfg.train.prune is not None else None
     auto_record = None
     if auto.is_auto(cfg):
         auto_record, kept = auto_compression(cfg, hvd, model, train_loader, main_ckpt, device, autocast,
@@ -585,6 +615,8 @@ def train(args, cfg, dataset):
         optimizer, exchange = build_optimizer(cfg, model, world)
         net, step = model, lambda: optimizer.step()     # late bound: the scheduler wraps optimizer.step
     scheduler = cfg.train.scheduler(optimizer, steps_per_epoch=steps_per_epoch, num_epochs=cfg.train.num_epochs)
+    if pruner is not None:
+        pruner.attach(optimizer, getattr(exchange, "memory", None))
     check_replicas = replica_check(cfg, args.backend, model, steps_per_epoch)
 
     if args.evaluate:
@@ -613,7 +645,7 @@ def train(args, cfg, dataset):
                                            scheduler, exchange, all_ok=lambda ok: hvd.allreduce(
                                                torch.tensor(float(ok), device=device), op=hvd.Min,
                                                name="dgc.resume").item() == 1,
-                                           leaders=leaders)
+                                           leaders=leaders, extra={"prune": pruner} if pruner else None)
     except ckpt.ResumeError as error:
         if rank == 0:
             print(f"train.py: error: {error}", file=sys.stderr)
@@ -624,6 +656,13 @@ def train(args, cfg, dataset):
         return 2
     if start_epoch and rank == 0:
         print(f"resuming {run_dir} at epoch {start_epoch + 1}", flush=True)
+    if not start_epoch and cfg.train.init_checkpoint is not None:     # rank 0's weights go to all below
+        problem = init_weights(model, cfg.train.init_checkpoint) if rank == 0 else None
+        problem = hvd.allgather_object(problem, name="dgc.init_checkpoint")[0]
+        if problem:
+            if rank == 0:
+                print(f"train.py: error: {problem}", file=sys.stderr)
+            return 2
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     if start_epoch:
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
@@ -672,6 +711,8 @@ def train(args, cfg, dataset):
             if accumulating:
                 continue
             step()
+            if pruner is not None:
+                pruner.step()
             optimizer.zero_grad()
             scheduler.step()
             stats = exchange.last_exchange
@@ -710,7 +751,7 @@ def train(args, cfg, dataset):
                   "snr_db": sum(snrs) / len(snrs) if snrs else None,
                   "skipped_steps": exchange.skipped_steps - skipped_before,
                   "loss_scale": exchange.loss_scale.value if cfg.train.amp == "fp16" else None,
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": optimizer.param_groups[0]["lr"], "sparsity": pruner.sparsity() if pruner else None}
         if auto_record is not None and auto.recorded(log.history) is None:    # kept in the checkpoint
             record["auto"] = auto_record
         log.epoch(record)
@@ -718,9 +759,11 @@ def train(args, cfg, dataset):
             print(f"epoch {epoch + 1}/{cfg.train.num_epochs} train_loss={record['train_loss']:.4f} "
                   f"train_top1={record['train_top1']:.2f} test_loss={record['test_loss']:.4f} "
                   f"test_top1={record['test_top1']:.2f} ratio={record['compression_ratio']:.5f} "
-                  f"time={record['epoch_time_s']:.1f}s", flush=True)
+                  f"time={record['epoch_time_s']:.1f}s"
+                  + (f" sparsity={record['sparsity']:.4f}" if pruner else ""), flush=True)
         ckpt.save(main_ckpt, ckpt_dir, rank, world, epoch + 1, description, model, optimizer, scheduler, exchange,
-                  log.history, barrier=hvd.barrier, leaders=leaders)
+                  log.history, barrier=hvd.barrier, leaders=leaders,
+                  extra={"prune": pruner.state_dict()} if pruner else None)
     log.close()
     if rank == 0 and log.history:
         summary = log.summary()

@@ -44,6 +44,10 @@ class Memory:
     def update(self, name, sent):
         pass
 
+    def mask(self, name, keep):
+        """Forget what is kept for tensor ``name`` where the flat bool ``keep`` is False (pruned weights:
+        training/prune.py), so that no sparsifier selects those positions again."""
+
     def commit(self):
         """Make this step's changes the state (transactional memories)."""
 
@@ -104,6 +108,11 @@ class _BufferMemory(Memory):
     def _new(self, key, name):
         """The buffer this step's compensate wrote (for update)."""
         return self._staged[key][name] if name in self._touched else self.buffers[key][name]
+
+    def mask(self, name, keep):
+        for bufs in self.buffers.values():
+            if name in bufs:
+                bufs[name].mul_(keep.to(bufs[name].device))
 
     def commit(self):
         for name in self._touched:

@@ -97,13 +97,16 @@ def previous(main_ckpt):
     return main_ckpt.with_name(f"{main_ckpt.stem}.prev{main_ckpt.suffix}")
 
 
-def resume(main_ckpt, folder, rank, world, description, model, optimizer, scheduler, exchange, all_ok, leaders=None):
+def resume(main_ckpt, folder, rank, world, description, model, optimizer, scheduler, exchange, all_ok, leaders=None,
+           extra=None):
     """Continue from ``main_ckpt`` (or, where it or a rank's file is corrupt on any rank, the previous
     checkpoint) if one exists: load model, optimizer, schedule, this rank's exchange state (redistributed
     when the number of workers or the ranks keeping residuals changed) and RNG states; return ``(epochs done,
     metrics history)``, or ``(0, [])`` for a fresh run. ``all_ok(bool)`` returns whether every rank passed
     True (a collective). ``leaders``: the ranks that keep residuals (hierarchical exchange: each host's
-    leader); None: every rank."""
+    leader); None: every rank. ``extra``: ``{key: object}`` whose ``load_state_dict`` takes what :func:`save`'s
+    ``extra`` stored under ``key`` (e.g. the pruning masks)."""
+    extra = extra or {}
     candidates = [c for c in (pathlib.Path(main_ckpt), previous(main_ckpt)) if c.is_file()]
     for number, candidate in enumerate(candidates):
         try:
@@ -111,6 +114,10 @@ def resume(main_ckpt, folder, rank, world, description, model, optimizer, schedu
             if config_key(state["config"]) != config_key(description):
                 raise ResumeError(f"{candidate.parent.parent} holds a checkpoint of a different config; pass "
                                   "--run-dir to start a new run there (nothing was changed)")
+            missing = [key for key in extra if key not in state]
+            if missing:
+                raise ResumeError(f"{candidate} holds no {', '.join(missing)} state, which this config needs; pass "
+                                  "--run-dir to start a new run (nothing was changed)")
             rank_state = _rank_state(folder, rank, world, state, leaders, getattr(exchange, "compressor", None))
             problem = None
         except CorruptCheckpoint as error:
@@ -126,6 +133,8 @@ def resume(main_ckpt, folder, rank, world, description, model, optimizer, schedu
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         exchange.load_state_dict(rank_state["exchange"])
+        for key, obj in extra.items():
+            obj.load_state_dict(state[key])
         if rank_state["rng"] is not None:
             set_rng_state(rank_state["rng"])
         return state["epoch"], state["history"]
@@ -193,11 +202,11 @@ def redistribute(old_states, rank, world, leaders=None, old_leaders=None, compre
 
 
 def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, scheduler, exchange, history,
-         barrier, leaders=None):
+         barrier, leaders=None, extra=None):
     """Checkpoint the end of ``epoch`` (1-based): every rank's file, ``barrier()``, rank 0 keeps the current
     main file (if sound) as the previous one and writes the new one (with ``world`` and ``leaders``, the ranks
-    keeping residuals, for :func:`resume`), ``barrier()``, then each rank drops its files of epochs before
-    ``epoch - 1``."""
+    keeping residuals, for :func:`resume`, and the ``extra`` dict's entries, state alike on every rank),
+    ``barrier()``, then each rank drops its files of epochs before ``epoch - 1``."""
     atomic_save({"epoch": epoch, "exchange": exchange.state_dict(), "rng": rng_state()}, rank_file(folder, rank, epoch))
     barrier()
     main_ckpt = pathlib.Path(main_ckpt)
@@ -209,7 +218,8 @@ def save(main_ckpt, folder, rank, world, epoch, description, model, optimizer, s
             os.replace(link, previous(main_ckpt))
         atomic_save({"epoch": epoch, "world_size": world, "leaders": leaders, "config": description,
                      "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history},
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+                     **(extra or {})},
                     main_ckpt)
     barrier()
     prune_rank_files(folder, rank, epoch - 1)

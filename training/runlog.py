@@ -56,7 +56,7 @@ class RunLog:
             return
         for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "images_per_s",
                     "lr", "compression_ratio", "compress_ms", "decompress_ms", "relative_error", "snr_db",
-                    "skipped_steps", "loss_scale"):
+                    "skipped_steps", "loss_scale", "sparsity"):
             if record.get(key) is not None:
                 self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
         self.writer.add_scalar("epoch/time_s", record["epoch_time_s"], record["epoch"])
