@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from dgc.storage.prune import keep_largest
+
 SCOPES = ("layer", "global")
 
 
@@ -110,9 +112,9 @@ class GradualPruner:
         scores = [torch.where(self.masks[n], self.params[n].detach().abs(), -1.0).reshape(-1) for n in names]
         if self.scope == "layer":
             for name, score in zip(names, scores):
-                self.masks[name] = _keep(score, round(sparsity * score.numel())).view(self.params[name].shape)
+                self.masks[name] = keep_largest(score, round(sparsity * score.numel())).view(self.params[name].shape)
         else:
-            keep = _keep(torch.cat([s.to(scores[0].device) for s in scores]),
+            keep = keep_largest(torch.cat([s.to(scores[0].device) for s in scores]),
                          round(sparsity * sum(s.numel() for s in scores)))
             for name, part in zip(names, keep.split([s.numel() for s in scores])):
                 self.masks[name] = part.to(self.params[name].device).view(self.params[name].shape)
@@ -154,11 +156,3 @@ class GradualPruner:
             self.masks[name] = mask.to(self.params[name].device, torch.bool)
         self.steps = int(state["steps"])
         self.apply()
-
-
-def _keep(score, pruned):
-    """A bool mask over flat ``score`` keeping all but the ``pruned`` lowest (ties by position: a stable sort)."""
-    keep = torch.ones_like(score, dtype=torch.bool)
-    if pruned > 0:
-        keep[torch.sort(score, stable=True).indices[:pruned]] = False
-    return keep

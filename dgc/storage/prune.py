@@ -13,9 +13,10 @@ def magnitude_masks(weights, sparsity, scope="layer"):
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity {sparsity}: expected a fraction in [0, 1)")
     if scope == "layer":
-        return {name: _keep(w.detach().abs().reshape(-1), sparsity).reshape(w.shape) for name, w in weights.items()}
+        return {name: keep_largest(w.detach().abs().reshape(-1), round(sparsity * w.numel())).reshape(w.shape)
+                for name, w in weights.items()}
     flat = torch.cat([w.detach().abs().reshape(-1).float() for w in weights.values()])
-    keep = _keep(flat, sparsity)
+    keep = keep_largest(flat, round(sparsity * flat.numel()))
     masks, start = {}, 0
     for name, w in weights.items():
         masks[name] = keep[start:start + w.numel()].reshape(w.shape)
@@ -23,8 +24,10 @@ def magnitude_masks(weights, sparsity, scope="layer"):
     return masks
 
 
-def _keep(magnitudes, sparsity):
-    removed = round(sparsity * magnitudes.numel())
-    keep = torch.ones(magnitudes.numel(), dtype=torch.bool, device=magnitudes.device)
-    keep[torch.sort(magnitudes, stable=True).indices[:removed]] = False
+def keep_largest(scores, pruned):
+    """A bool mask over the flat ``scores`` keeping all but the ``pruned`` lowest (ties by position: a stable
+    sort, the same on every replica)."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if pruned > 0:
+        keep[torch.sort(scores, stable=True).indices[:pruned]] = False
     return keep
