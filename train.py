@@ -288,8 +288,9 @@ def probe_writable(folder):
     return None
 
 
-def checked_model_state(cfg, path):
-    """The model state dict of ``path`` for --evaluate: a train.py checkpoint, or a compressed model file
+def model_state_of(cfg, path, option):
+    """The model state dict in ``path`` (a run directory: its checkpoints/checkpoint.pt), for ``option``
+    (--evaluate, train.init_checkpoint): a train.py checkpoint, or a compressed model file
     (scripts/compress_model.py) decoded into ordinary tensors. A ConfigError naming the file when it is
     missing, truncated or altered, or holds another model than ``cfg``'s (checked on the meta device)."""
     import torch
@@ -299,19 +300,25 @@ def checked_model_state(cfg, path):
     from training.config import ConfigError
 
     path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "checkpoint.pt"
     if not path.is_file():
-        raise ConfigError(f"--evaluate: no checkpoint at {path}")
+        raise ConfigError(f"{option}: no checkpoint at {path}")
     try:
-        state = storage.load(path)[0] if storage.is_compressed(path) else ckpt.load(path)["model"]
+        state = storage.load(path)[0] if storage.is_compressed(path) else ckpt.load(path)
     except (ckpt.CorruptCheckpoint, storage.StorageError) as error:
-        raise ConfigError(f"--evaluate: {error}") from None
+        raise ConfigError(f"{option}: {error}") from None
+    if not storage.is_compressed(path):
+        if not isinstance(state, dict) or "model" not in state:
+            raise ConfigError(f"{option}: {path} is no train.py checkpoint (it holds no 'model')")
+        state = state["model"]
     with torch.device("meta"):
-        model = cfg.model()
-    try:
-        model.load_state_dict(state, assign=True)
-    except RuntimeError as error:       # other names or shapes
-        raise ConfigError(f"--evaluate: {path} holds another model than the configs' {cfg.model.target.__name__}: "
-                          f"{' '.join(str(error).split())[:400]}") from None
+        expected = {name: tuple(t.shape) for name, t in cfg.model().state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if found != expected:
+        differ = sorted(set(found) ^ set(expected)) or [n for n in expected if found[n] != expected[n]]
+        raise ConfigError(f"{option}: {path} holds another model than the configs' {cfg.model.target.__name__}: "
+                          f"{len(differ)} tensors differ in name or shape, e.g. {', '.join(differ[:3])}")
     return state
 
 
@@ -354,7 +361,7 @@ def main(argv=None):
                               "hook: it needs --backend torch under torchrun")
         check_training_setup(cfg, args.backend)
         if args.evaluate and args.checkpoint:
-            args.model_state = checked_model_state(cfg, args.checkpoint)
+            args.model_state = model_state_of(cfg, args.checkpoint, "--evaluate")
         import torch
         from training import data as data_lib
         dataset = cfg.data.dataset()
@@ -422,22 +429,6 @@ def check_config(cfg):
         raise ConfigError("config key 'train.init_checkpoint' must be None or the path of a checkpoint (or its run "
                           f"directory), got {cfg.train.init_checkpoint!r}")
     check_device_keys(cfg)
-
-
-def init_weights(model, path):
-    """Load the model weights of checkpoint ``path`` (a run directory: its checkpoints/checkpoint.pt) into
-    ``model``; return an error message naming the file, or None."""
-    from training import checkpoint as ckpt
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "checkpoint.pt"
-    try:
-        model.load_state_dict(ckpt.load(path)["model"])
-    except ckpt.CorruptCheckpoint as error:
-        return f"train.init_checkpoint: {error}"
-    except (KeyError, TypeError, RuntimeError) as error:
-        return f"train.init_checkpoint: {path} holds no weights of this model ({type(error).__name__}: {error})"
-    return None
 
 
 def check_device_keys(cfg):
@@ -625,7 +616,7 @@ def train(args, cfg, dataset):
                 print(f"train.py: error: --evaluate: no checkpoint at {main_ckpt}", file=sys.stderr)
             return 2
         try:        # --checkpoint FILE was read and checked before training began
-            state = args.model_state if args.checkpoint else checked_model_state(cfg, main_ckpt)
+            state = args.model_state if args.checkpoint else model_state_of(cfg, main_ckpt, "--evaluate")
             model.load_state_dict(state)
         except ConfigError as error:
             if rank == 0:
@@ -657,7 +648,12 @@ def train(args, cfg, dataset):
     if start_epoch and rank == 0:
         print(f"resuming {run_dir} at epoch {start_epoch + 1}", flush=True)
     if not start_epoch and cfg.train.init_checkpoint is not None:     # rank 0's weights go to all below
-        problem = init_weights(model, cfg.train.init_checkpoint) if rank == 0 else None
+        problem = None
+        if rank == 0:
+            try:
+                model.load_state_dict(model_state_of(cfg, cfg.train.init_checkpoint, "train.init_checkpoint"))
+            except ConfigError as error:
+                problem = str(error)
         problem = hvd.allgather_object(problem, name="dgc.init_checkpoint")[0]
         if problem:
             if rank == 0:

@@ -33,8 +33,9 @@ configs.train.amp = None                # mixed precision: None, "bf16" (autocas
 configs.train.amp_init_scale = 65536.0  # fp16: first loss scale (halved after a skipped step, doubled after 2000 good)
 configs.train.compression_warmup_per_step = False   # DGC warm-up ratio updated per step instead of per epoch
 configs.train.prune = None              # None: dense; configs/prune/gradual.py: gradual magnitude pruning (masks)
-configs.train.init_checkpoint = None    # a checkpoint (training/checkpoint.py format, or its run directory) whose
-                                        # model weights a fresh run starts from (fine-tuning); not read on resume
+configs.train.init_checkpoint = None    # a checkpoint (train.py's, its run directory, or a compressed model file of
+                                        # scripts/compress_model.py) whose model weights a fresh run starts from
+                                        # (fine-tuning); not read on resume
 configs.train.target_accuracy = 90.0    # percent; metrics.json records epochs and time to reach it
 configs.train.channels_last = False      # channels_last input batches (faster convolutions on CPU)
 configs.train.num_threads = 0           # torch threads per rank; 0: cores / workers on this host
