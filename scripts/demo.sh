@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded digits: baseline and DGC (ratio 0.001, 5-epoch warm-up), 2 workers
-# each, then the comparison table and plots (runs/demo/). Rerunning starts fresh runs (the old ones are
+# each, then the comparison table and plots (runs/demo/), then the DGC model compressed for storage
+# (scripts/compress_model.py: runs/demo/dgc.dgcz) and its test accuracy. Rerunning starts fresh runs (the old ones are
 # moved aside to runs/demo.<timestamp>/, never deleted).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,4 +23,8 @@ for run in baseline dgc; do
   grep -E "<stdout>:(epoch [0-9]+/|done)" "$OUT/$run.log" | sed 's/^\[0\]<stdout>://'
 done
 .venv/bin/python scripts/compare.py "$OUT/baseline" "$OUT/dgc" --target 95 --plots "$OUT" --output "$OUT/table.md"
+echo "[demo] compressing the DGC-trained model for storage (prune 50%, k-means 5 bits, Huffman) and evaluating it"
+.venv/bin/python scripts/compress_model.py "$OUT/dgc" --out "$OUT/dgc.dgcz" --prune 0.5 --bits 5 --huffman | tail -1
+.venv/bin/python train.py --configs configs/digits/digitsnet.py --evaluate --checkpoint "$OUT/dgc.dgcz" \
+  --run-dir "$OUT/dgc"
 echo "[demo] table: $OUT/table.md, plots: $OUT/*.png, TensorBoard: .venv/bin/tensorboard --logdir $OUT"

@@ -13,7 +13,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import json
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -30,11 +29,11 @@ VARIANTS = [        # (row, compress_model.py arguments, from the fine-tuned run
     ("k-means 4 bits", ["--bits", "4"], False),
     ("prune 50% + k-means 5 bits + Huffman", ["--prune", "0.5", "--bits", "5", "--huffman"], False),
     ("prune 80% + k-means 5 bits + Huffman", ["--prune", "0.8", "--bits", "5", "--huffman"], False),
+    ("low rank, 50% energy", ["--low-rank", "0.5"], False),
     ("low rank, 90% energy", ["--low-rank", "0.9"], False),
-    ("low rank, 99% energy", ["--low-rank", "0.99"], False),
-    ("fine-tuned: pruned (its own mask), fp32", ["--prune", "{sparsity}"], True),
-    ("fine-tuned: + k-means 5 bits + Huffman", ["--prune", "{sparsity}", "--bits", "5", "--huffman"], True),
-    ("fine-tuned: + k-means 4 bits + Huffman", ["--prune", "{sparsity}", "--bits", "4", "--huffman"], True),
+    ("gradual pruning fine-tune (sparse, fp32)", [], True),      # its zeros are stored sparse by themselves
+    ("gradual pruning fine-tune + k-means 5 bits + Huffman", ["--bits", "5", "--huffman"], True),
+    ("gradual pruning fine-tune + k-means 4 bits + Huffman", ["--bits", "4", "--huffman"], True),
 ]
 
 
@@ -54,12 +53,6 @@ def evaluate(configs, checkpoint, run_dir):
     return float(re.search(r"test_top1=([\d.]+)", out).group(1))
 
 
-def sparsity(run_dir):
-    """The final sparsity the fine-tuned run's pruner reached (its metrics), as compress_model's --prune."""
-    history = json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())["history"]
-    return f"{history[-1]['sparsity']:.4f}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="the trained run directory")
@@ -75,7 +68,6 @@ def main(argv=None):
             if finetuned and not args.finetuned:
                 continue
             source = args.finetuned if finetuned else args.run
-            options = [o.format(sparsity=sparsity(source)) if finetuned else o for o in options]
             out = tmp / f"{number}.dgcz"
             printed = run([sys.executable, "scripts/compress_model.py", source, "--out", str(out), *options])
             dense = int(re.search(r"smaller than the (\d+) bytes", printed).group(1))
@@ -84,6 +76,7 @@ def main(argv=None):
             size = out.stat().st_size
             rows.append((name, " ".join(["compress_model.py", source, *options]), size, dense / size, top1,
                          top1 - base))
+            print(f"{name}: {size} bytes, top-1 {top1:.2f}%", flush=True)
     lines = ["| model file | command | bytes | ratio to fp32 weights | test top-1 | change |",
              "| :--- | :--- | ---: | ---: | ---: | ---: |"]
     for name, cmd, size, ratio, top1, change in rows:
