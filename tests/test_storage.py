@@ -215,6 +215,10 @@ def test_file_round_trip_keeps_what_each_coding_promises(name):
             assert out.unique().numel() <= (1 << options.bits) + 1, key    # shared values (and zero)
     if options == storage.Options():
         assert len(data) > sum(t.numel() * t.element_size() for t in state.values())
+        other = {"w64": torch.randn(5, 7, dtype=torch.float64), "wbf16": torch.randn(4, 3).bfloat16(),
+                 "sparse64": torch.randn(40, 9, dtype=torch.float64) * (torch.rand(40, 9) < 0.05)}
+        decoded = storage.unpack(storage.pack(other, options)[0])[0]
+        assert all(torch.equal(decoded[k], v) and decoded[k].dtype == v.dtype for k, v in other.items())
 
 
 def test_every_flipped_byte_and_truncation_is_refused(tmp_path):

@@ -97,7 +97,7 @@ def decode_state(entries, blobs):
             if positions.numel() != entry["kept"] or (positions.numel() and positions[-1] >= numel):
                 raise ValueError(f"{entry['name']}: the positions do not match the tensor")
             values = _decode_values(entry["values"], blobs, positions // _row_size(shape), shape[0])
-            tensor = torch.zeros(numel).index_put_((positions,), values).reshape(shape)
+            tensor = torch.zeros(numel, dtype=values.dtype).index_put_((positions,), values).reshape(shape)
         elif layout == "lowrank":
             left, right = (_decode_values(f["values"], blobs, torch.arange(int(np.prod(f["shape"]))) // f["shape"][1],
                                           f["shape"][0]).reshape(f["shape"]) for f in entry["factors"])
@@ -144,7 +144,7 @@ def stream_indices(entry):
 def _encode_weight(tensor, mask, options, blobs):
     """The entry of one compressible weight: the smallest of the layouts the options allow."""
     shape = tensor.shape
-    flat = tensor.reshape(-1).float()
+    flat = tensor.reshape(-1)
     if options.low_rank is not None:
         factors = lowrank.factor(tensor, options.low_rank)
         if factors is not None:
@@ -205,7 +205,7 @@ def _decode_values(node, blobs, rows, num_rows):
             raise ValueError("int8 scales do not match the output channels")
         return int8.dequantize(scales, codes, rows)
     if coding == "raw":
-        return _read_raw(node["raw"], blobs).float()
+        return _read_raw(node["raw"], blobs)
     raise ValueError(f"unknown value coding {coding!r}")
 
 
