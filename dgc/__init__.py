@@ -8,4 +8,6 @@ dgc.communication, dgc.horovod, dgc.torch, dgc.inprocess  how payloads travel (H
 dgc.fused        all of a step's payloads in one collective per kind
 dgc.amp          the loss scale for fp16 autocast
 dgc.optim        the plain step for momentum-corrected tensors, DGCSGD
+dgc.storage      the trained model compressed for storage (Deep Compression: pruning, k-means, Huffman; low
+                 rank; int8), independent of the exchange
 """

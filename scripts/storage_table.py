@@ -3,7 +3,7 @@ its gradual-pruning fine-tune), every scripts/compress_model.py setting in VARIA
 ratio to the fp32 weights and the test top-1 train.py --evaluate measures on it.
 
     .venv/bin/python scripts/storage_table.py runs/cifar10-resnet20-e30 --configs configs/cifar/resnet20.py \\
-        [--finetuned runs/cifar10-resnet20-prune80] --out docs/storage/cifar10_resnet20.md
+        [--finetuned RUN_DIR ...] [--only-finetuned] --out docs/storage/cifar10_resnet20.md
 
 Every command is printed and run as it stands (a subprocess), so each row can be reproduced by hand.
 """
@@ -32,6 +32,7 @@ VARIANTS = [        # (row, compress_model.py arguments, from the fine-tuned run
     ("low rank, 50% energy", ["--low-rank", "0.5"], False),
     ("low rank, 90% energy", ["--low-rank", "0.9"], False),
     ("gradual pruning fine-tune (sparse, fp32)", [], True),      # its zeros are stored sparse by themselves
+    ("gradual pruning fine-tune + k-means 6 bits + Huffman", ["--bits", "6", "--huffman"], True),
     ("gradual pruning fine-tune + k-means 5 bits + Huffman", ["--bits", "5", "--huffman"], True),
     ("gradual pruning fine-tune + k-means 4 bits + Huffman", ["--bits", "4", "--huffman"], True),
 ]
@@ -57,17 +58,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="the trained run directory")
     parser.add_argument("--configs", nargs="+", required=True, help="its dataset and model config files")
-    parser.add_argument("--finetuned", help="the gradual-pruning fine-tune of it (configs/prune/gradual.py)")
+    parser.add_argument("--finetuned", nargs="+", default=[],
+                        help="gradual-pruning fine-tunes of it (configs/prune/gradual.py)")
+    parser.add_argument("--only-finetuned", action="store_true",
+                        help="only the fine-tunes' rows (the change still against the trained run's fp32 file)")
     parser.add_argument("--out", required=True, help="the Markdown table to write")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         base = None
-        for number, (name, options, finetuned) in enumerate(VARIANTS):
-            if finetuned and not args.finetuned:
-                continue
-            source = args.finetuned if finetuned else args.run
+        jobs = [(name, options, args.run) for name, options, finetuned in VARIANTS[:1]]
+        if not args.only_finetuned:
+            jobs += [(name, options, args.run) for name, options, finetuned in VARIANTS[1:] if not finetuned]
+        jobs += [(name, options, run) for run in args.finetuned for name, options, finetuned in VARIANTS if finetuned]
+        for number, (name, options, source) in enumerate(jobs):
             out = tmp / f"{number}.dgcz"
             printed = run([sys.executable, "scripts/compress_model.py", source, "--out", str(out), *options])
             dense = int(re.search(r"smaller than the (\d+) bytes", printed).group(1))
