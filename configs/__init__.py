@@ -4,24 +4,24 @@ import torch
 from training.config import Config, configs
 from training.schedule import cosine_with_warmup
 
-configs.seed = 42
+configs.seed = 42                       # every rank's random streams derive from it and the rank
 
 configs.data.name = None                # short dataset name used in the run directory name
 configs.data.dataset = None             # Config(builder, ...) returning {"train": ..., "test": ...}
 configs.data.num_workers = 0            # DataLoader worker processes per rank
 configs.data.prefetch_factor = 2        # batches each DataLoader worker loads ahead (with num_workers > 0)
 configs.data.train_fraction = 1.0       # < 1 trains on a fixed random subset (smoke runs)
-configs.data.test_fraction = 1.0
+configs.data.test_fraction = 1.0        # < 1 evaluates on a fixed random subset of the test set
 
-configs.model = None
+configs.model = None                    # Config(model class, ...): a model file of configs/ sets it
 
-configs.train.num_epochs = 1
+configs.train.num_epochs = 1            # epochs; the dataset files set their schedule's length
 configs.train.batch_size = 32           # per worker
-configs.train.backward_passes_per_step = 1
+configs.train.backward_passes_per_step = 1  # backward passes summed per exchange (gradient accumulation)
 configs.train.scale_lr_by_workers = True    # lr = optimizer.lr * number of workers (Goyal et al. 2017)
 configs.train.lr_multiplier = 1.0       # lr = optimizer.lr * this; a compression file sets it (signSGD: 0.01)
-configs.train.optimizer = Config(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-configs.train.scheduler = Config(cosine_with_warmup, warmup_epochs=0)
+configs.train.optimizer = Config(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)  # per worker
+configs.train.scheduler = Config(cosine_with_warmup, warmup_epochs=0)  # lr per step: linear warm-up, cosine
 configs.train.compression = None        # None: Horovod's own dense allreduce (the baseline); else a compressor
 configs.train.memory = None             # what a compressor does not send (None: dropped; configs/dgc: DGCSGDMemory)
 configs.train.dense_compression = None  # tensors too small to compress: None dense fp32, or e.g. FP16Compressor
